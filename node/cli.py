@@ -1,0 +1,178 @@
+"""``bitchat-node``: the command line of the agent (thin over library calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from node import __version__, config, identity
+from node import log as nodelog
+from node.errors import ConfigError, DataDirError, NodeError
+
+DEFAULT_DATA_DIR = Path(os.environ.get("BITCHAT_DATA_DIR", "/var/lib/bitchat-node"))
+ADMIN_TOKEN_FILE = "admin.token"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def data_dir_option(func: F) -> F:
+    """The ``--data-dir`` option shared by every command that touches a box's state."""
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=DEFAULT_DATA_DIR,
+        show_default=True,
+        help="Where the identity, config, chunks and state.db live ($BITCHAT_DATA_DIR).",
+    )(func)
+
+
+class _Group(click.Group):
+    """Turns NodeError into a one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NodeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="bitchat-node")
+def main() -> None:
+    """The bitchat mining box agent: stores encrypted chunks, proves it, relays, earns."""
+
+
+@main.command()
+def version() -> None:
+    """Print the agent's version."""
+    click.echo(f"bitchat-node {__version__}")
+
+
+def init_data_dir(data_dir: Path) -> tuple[identity.Identity, str]:
+    """Create the identity, admin token and commented config; returns (identity, token)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise DataDirError(f"cannot create data dir {data_dir}: {exc.strerror}") from exc
+    key_path = data_dir / identity.KEY_FILE
+    if key_path.exists():
+        raise DataDirError(f"{data_dir} already holds an identity ({key_path}); nothing changed")
+    ident = identity.Identity.generate()
+    identity.save(ident, key_path)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(data_dir / ADMIN_TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    cfg_path = data_dir / config.CONFIG_FILE
+    if not cfg_path.exists():
+        cfg_path.write_text(config.render_default())
+    return ident, token
+
+
+@main.command()
+@data_dir_option
+def init(data_dir: Path) -> None:
+    """Create a new box identity, admin token and commented config.toml in DATA_DIR."""
+    ident, token = init_data_dir(data_dir)
+    click.echo(f"node id:     {ident.node_id_text}")
+    click.echo(f"identity:    {data_dir / identity.KEY_FILE} (mode 0600, keep it private)")
+    click.echo(f"config:      {data_dir / config.CONFIG_FILE}")
+    click.echo(f"admin token: {token}")
+    click.echo(
+        f"             (stored in {data_dir / ADMIN_TOKEN_FILE}; needed for dashboard actions)"
+    )
+
+
+@main.command()
+@data_dir_option
+@click.option("--listen", metavar="HOST:PORT", help="UDP address of the transport.")
+@click.option("--web", metavar="HOST:PORT", help="HTTP address of the dashboard.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Config file (default: DATA_DIR/config.toml).",
+)
+@click.option("--init", "do_init", is_flag=True, help="Initialise DATA_DIR first if it is new.")
+def run(
+    data_dir: Path, listen: str | None, web: str | None, config_path: Path | None, do_init: bool
+) -> None:
+    """Run the agent in the foreground until SIGTERM or Ctrl-C."""
+    from node.agent import AgentContext, load_config, run_agent
+
+    if do_init and not (data_dir / identity.KEY_FILE).exists():
+        ident, _ = init_data_dir(data_dir)
+        click.echo(f"initialised {data_dir} (node id {ident.node_id_text})")
+    if config_path is not None and not config_path.exists():
+        raise ConfigError(f"config file {config_path} does not exist")
+    cfg = load_config(data_dir, config_path)
+    if listen is not None:
+        cfg = config.override(cfg, "network", listen=listen)
+    if web is not None:
+        cfg = config.override(cfg, "web", listen=web)
+    nodelog.setup(cfg.node.log_level)
+
+    def ready(ctx: AgentContext) -> None:
+        click.echo(f"bitchat-node {__version__} running, node id {ctx.identity.node_id_text}")
+        if "web" in ctx.urls:
+            click.echo(f"dashboard: {ctx.urls['web']}")
+        if "listen" in ctx.urls:
+            click.echo(f"udp: {ctx.urls['listen']}")
+        sys.stdout.flush()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_agent(data_dir, cfg, ready=ready))
+
+
+def fetch_json(url: str, timeout: float = 5.0) -> Any:
+    """GET a JSON document; raises NodeError with the reason when the agent cannot be reached."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        raise NodeError(f"{url} answered HTTP {exc.code}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise NodeError(f"cannot reach the agent at {url}: {reason}") from exc
+    except ValueError as exc:
+        raise NodeError(f"{url} did not return JSON") from exc
+
+
+@main.command()
+@data_dir_option
+@click.option("--api", metavar="URL", help="Dashboard URL of the agent (default: from DATA_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status document.")
+def status(data_dir: Path, api: str | None, as_json: bool) -> None:
+    """Show whether the agent runs, and its status."""
+    from node.agent import read_runtime
+
+    if api is None:
+        runtime = read_runtime(data_dir)
+        if runtime is None or "web" not in runtime:
+            ident = identity.load(data_dir / identity.KEY_FILE, check_mode=False)
+            click.echo(f"node id: {ident.node_id_text}")
+            click.echo(f"agent:   not running on {data_dir}")
+            sys.exit(3)
+        api = str(runtime["web"])
+    doc = fetch_json(api.rstrip("/") + "/api/status")
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    click.echo(f"node id: {doc.get('node_id')}")
+    click.echo(f"name:    {doc.get('name')}")
+    click.echo(f"version: {doc.get('version')}")
+    click.echo(f"uptime:  {doc.get('uptime_s')} s")
+    for name, svc in sorted((doc.get("services") or {}).items()):
+        click.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in svc.items()))

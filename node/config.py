@@ -1,0 +1,259 @@
+"""TOML configuration with documented defaults and strict validation.
+
+Each section is a frozen dataclass; each key is declared with :func:`setting`, which carries its
+help text and bounds. Loading rejects unknown sections and keys, wrong types and out-of-range
+values with an error naming the file, the key and what is allowed, so nothing ever starts
+half-configured. ``render_default()`` writes the commented ``config.toml`` that ``init`` creates.
+
+To add a key: add a field with ``setting(...)`` to the section that owns the concern (or add a
+section class and a field for it on :class:`Config`). Supported types: ``str``, ``int``,
+``float``, ``bool`` and ``tuple[str, ...]`` (a TOML array of strings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    kind: str | None = None,
+    max_len: int | None = None,
+) -> Any:
+    """Declare a config key with its default, help text and bounds."""
+    meta = {
+        "doc": doc,
+        "min": min,
+        "max": max,
+        "choices": choices,
+        "kind": kind,
+        "max_len": max_len,
+    }
+    return field(default=default, metadata=meta)
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); raises ValueError with a reason."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:7700")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port_text!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost" and not all(p.isalnum() or "-" in p for p in host.split(".")):
+            raise ValueError(f"bad host {host!r}") from None
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """General settings of the box."""
+
+    name: str = setting(
+        "", "Friendly name shown on the dashboard (empty: the hostname).", max_len=64
+    )
+    log_level: str = setting(
+        "info", "Log verbosity.", choices=("debug", "info", "warning", "error")
+    )
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    """The UDP transport and the overlay."""
+
+    listen: str = setting(
+        "0.0.0.0:7700", "UDP address the transport listens on (HOST:PORT).", kind="hostport"
+    )
+    bootstrap: tuple[str, ...] = setting(
+        (), "Peers to join the network through, as HOST:PORT.", kind="hostport"
+    )
+    max_sessions: int = setting(1024, "Most concurrent peer sessions.", min=1, max=65536)
+
+
+@dataclass(frozen=True)
+class WebSection:
+    """The local dashboard and its JSON API."""
+
+    listen: str = setting(
+        "0.0.0.0:7780",
+        "HTTP address of the dashboard (HOST:PORT); 127.0.0.1:7780 keeps it on this box only.",
+        kind="hostport",
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; one attribute per ``[section]``."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    web: WebSection = field(default_factory=WebSection)
+
+
+def _section_types() -> dict[str, type[Any]]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _describe(tp: Any) -> str:
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    return "an array of strings"
+
+
+def _check_value(where: str, tp: Any, meta: typing.Mapping[str, Any], value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected an array of strings, got {value!r}")
+        items = tuple(value)
+        for item in items:
+            _check_scalar(where, str, meta, item)
+        return items
+    return _check_scalar(where, tp, meta, value)
+
+
+def _check_scalar(where: str, tp: Any, meta: typing.Mapping[str, Any], value: Any) -> Any:
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if (tp in (int, float) and isinstance(value, bool)) or not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{where}: {value!r} is out of range, allowed {lo} to {hi}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{where}: {value!r} is not allowed, choose one of {allowed}")
+    max_len = meta.get("max_len")
+    if max_len is not None and len(value) > max_len:
+        raise ConfigError(f"{where}: longer than {max_len} characters")
+    if meta.get("kind") == "hostport":
+        try:
+            parse_hostport(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}, got {value!r}") from None
+    return value
+
+
+def from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a parsed TOML document and build a :class:`Config`."""
+    sections = _section_types()
+    built: dict[str, Any] = {}
+    for name, table in data.items():
+        if name not in sections:
+            allowed = ", ".join(f"[{s}]" for s in sections)
+            raise ConfigError(f"{source}: unknown section [{name}]; sections are {allowed}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {name} must be a [{name}] table")
+        cls = sections[name]
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            where = f"{source}: [{name}] {key}"
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                raise ConfigError(f"{where}: unknown key; keys of [{name}] are {known}")
+            values[key] = _check_value(where, hints[key], fields[key].metadata, value)
+        built[name] = cls(**values)
+    return Config(**built)
+
+
+def load(path: Path) -> Config:
+    """Read and validate a config file; a missing file gives the defaults."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config is larger than {_MAX_CONFIG_BYTES} bytes")
+    if not raw.strip():
+        raise ConfigError(
+            f"{path}: config file is empty; delete it to use the defaults "
+            "or restore it from `bitchat-node init`"
+        )
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text at byte {exc.start}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return from_dict(data, str(path))
+
+
+def override(cfg: Config, section: str, **values: Any) -> Config:
+    """Return ``cfg`` with keys of one section replaced (validated like the file)."""
+    checked = getattr(from_dict({section: values}, "command line"), section)
+    picked = {k: getattr(checked, k) for k in values}
+    merged = dataclasses.replace(getattr(cfg, section), **picked)
+    return dataclasses.replace(cfg, **{section: merged})
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def render_default() -> str:
+    """The commented config file ``init`` writes: every key, its help and its default."""
+    lines = [
+        "# bitchat-node configuration.",
+        "# Every key is shown with its default, commented out; uncomment a line to change it.",
+        "# Unknown keys are an error, so a typo cannot go unnoticed.",
+    ]
+    for name, cls in _section_types().items():
+        lines += ["", f"[{name}]"]
+        if cls.__doc__:
+            lines.append(f"# {cls.__doc__.strip()}")
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            lines.append(f"# {meta['doc']}")
+            bounds = []
+            if meta.get("min") is not None or meta.get("max") is not None:
+                bounds.append(f"range {meta.get('min')} to {meta.get('max')}")
+            if meta.get("choices"):
+                bounds.append("one of " + ", ".join(_toml_value(c) for c in meta["choices"]))
+            if bounds:
+                lines.append(f"# Allowed: {'; '.join(bounds)}.")
+            lines.append(f"# {f.name} = {_toml_value(f.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """Plain dict of the config, for the API and `status`."""
+    out: dict[str, Any] = dataclasses.asdict(cfg)
+    return out

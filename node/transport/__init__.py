@@ -1,0 +1,1 @@
+"""The encrypted UDP transport: wire codec, Noise sessions, streams, congestion control."""

@@ -1,0 +1,1 @@
+"""The local dashboard: aiohttp app, JSON API and the static page."""

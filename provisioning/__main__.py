@@ -1,0 +1,3 @@
+from provisioning.cli import main
+
+main()
