@@ -30,6 +30,7 @@ import sqlite_utils
 from node import __version__, config, identity, log, state
 from node.errors import DataDirError, NodeError
 from node.events import EventLog
+from node.limits import WorkLimits
 from node.sdnotify import Notifier
 
 LOCK_FILE = "agent.lock"
@@ -69,6 +70,7 @@ class AgentContext:
     services: dict[str, Service] = field(default_factory=dict)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     urls: dict[str, str] = field(default_factory=dict)
+    limits: WorkLimits = field(default_factory=WorkLimits)
 
     def status(self) -> dict[str, Any]:
         """The agent's whole status document (``/api/status``)."""
@@ -78,6 +80,7 @@ class AgentContext:
             "version": __version__,
             "started_at": self.started_at,
             "uptime_s": round(time.time() - self.started_at, 1),
+            "limits": self.limits.to_json(),
             "services": {name: svc.status() for name, svc in self.services.items()},
         }
 
