@@ -30,7 +30,7 @@ def data_dir_option(func: F) -> F:
     """The ``--data-dir`` option shared by every command that touches a box's state."""
     return click.option(
         "--data-dir",
-        type=click.Path(path_type=Path, file_okay=False),
+        type=click.Path(path_type=Path),
         default=DEFAULT_DATA_DIR,
         show_default=True,
         help="Where the identity, config, chunks and state.db live ($BITCHAT_DATA_DIR).",
@@ -110,11 +110,12 @@ def run(
     data_dir: Path, listen: str | None, web: str | None, config_path: Path | None, do_init: bool
 ) -> None:
     """Run the agent in the foreground until SIGTERM or Ctrl-C."""
-    from node.agent import AgentContext, load_config, run_agent
+    from node.agent import AgentContext, check_data_dir, load_config, run_agent
 
     if do_init and not (data_dir / identity.KEY_FILE).exists():
         ident, _ = init_data_dir(data_dir)
         click.echo(f"initialised {data_dir} (node id {ident.node_id_text})")
+    check_data_dir(data_dir)
     if config_path is not None and not config_path.exists():
         raise ConfigError(f"config file {config_path} does not exist")
     cfg = load_config(data_dir, config_path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -99,6 +100,77 @@ class WebSection:
         "HTTP address of the dashboard (HOST:PORT); 127.0.0.1:7780 keeps it on this box only.",
         kind="hostport",
     )
+    access: str = setting(
+        "lan",
+        "Who may open the dashboard: 'local' (this box only), 'lan' (loopback and private "
+        "addresses: 10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7, fe80::/10) or 'any'.",
+        choices=("local", "lan", "any"),
+    )
+    allowed_hosts: tuple[str, ...] = setting(
+        (),
+        "Extra host names the dashboard answers to, besides localhost, the box's addresses and "
+        "<hostname>.local (requests naming any other Host are refused, against DNS rebinding).",
+        max_len=253,
+    )
+    mdns: bool = setting(
+        True, "Announce the dashboard on the LAN by mDNS as _bitchat._tcp and <hostname>.local."
+    )
+    live_interval: float = setting(
+        5.0, "Seconds between live updates pushed to an open dashboard.", min=1.0, max=300.0
+    )
+
+
+@dataclass(frozen=True)
+class HwmonSection:
+    """Hardware monitoring: temperatures, fan, LEDs, power and the data disk."""
+
+    sysfs_root: str = setting(
+        "/", "Root under which /sys and /proc are read (another path only for tests).", max_len=4096
+    )
+    poll_interval_s: float = setting(5.0, "Seconds between sensor readings.", min=0.2, max=600)
+    warm_c: float = setting(
+        65.0, "SoC temperature (C) at which background scans pause.", min=30, max=120
+    )
+    hot_c: float = setting(
+        75.0, "Temperature (C) at which bandwidth is capped and uploads refused.", min=30, max=120
+    )
+    critical_c: float = setting(
+        85.0, "Temperature (C) at which even audits stop being answered.", min=30, max=130
+    )
+    hysteresis_c: float = setting(
+        5.0, "Degrees below a threshold before its level is left.", min=0.5, max=20
+    )
+    cool_down_s: float = setting(
+        30.0, "Seconds the temperature must stay low before a level is left.", min=0, max=3600
+    )
+    hot_bandwidth_cap_kbps: int = setting(
+        2000, "Relay and upload bandwidth cap while hot (kbit/s).", min=8, max=10_000_000
+    )
+    fan_pin: int = setting(-1, "BCM GPIO pin of a PWM fan (-1: no fan).", min=-1, max=27)
+    fan_pwm_hz: float = setting(100.0, "PWM frequency of the fan pin (Hz).", min=1, max=50_000)
+    fan_start_c: float = setting(
+        50.0, "Temperature (C) at which the fan starts; full speed at warm_c.", min=20, max=120
+    )
+    fan_min_duty: float = setting(30.0, "Lowest fan duty cycle (%) once it runs.", min=0, max=100)
+    leds: tuple[str, ...] = setting(
+        ("ACT",), "Board LEDs under /sys/class/leds that show the box's state.", max_len=32
+    )
+    led_pin: int = setting(-1, "BCM GPIO pin of a status LED (-1: none).", min=-1, max=27)
+    data_mount: str = setting(
+        "",
+        "Mount point the data disk must be on (empty: the data dir's mount at start).",
+        max_len=4096,
+    )
+    low_space_percent: float = setting(
+        5.0, "Free space (%) on the data disk below which uploads are refused.", min=0, max=50
+    )
+    smartctl: str = setting("smartctl", "The smartctl program (smartmontools).", max_len=4096)
+    smart_interval_s: float = setting(
+        21600.0, "Seconds between SMART health checks of the data disk.", min=60, max=604800
+    )
+    smart_timeout_s: float = setting(
+        20.0, "Seconds smartctl may take before it counts as hung.", min=0.1, max=300
+    )
 
 
 @dataclass(frozen=True)
@@ -108,6 +180,7 @@ class Config:
     node: NodeSection = field(default_factory=NodeSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     web: WebSection = field(default_factory=WebSection)
+    hwmon: HwmonSection = field(default_factory=HwmonSection)
 
 
 def _section_types() -> dict[str, type[Any]]:
@@ -162,6 +235,12 @@ def _check_scalar(where: str, tp: Any, meta: typing.Mapping[str, Any], value: An
     return value
 
 
+def _name(key: str) -> str:
+    """A key as written in TOML: bare when it can be, else quoted (never spans lines)."""
+    bare = key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key)
+    return key if bare else json.dumps(key)
+
+
 def from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
     """Validate a parsed TOML document and build a :class:`Config`."""
     sections = _section_types()
@@ -169,7 +248,7 @@ def from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
     for name, table in data.items():
         if name not in sections:
             allowed = ", ".join(f"[{s}]" for s in sections)
-            raise ConfigError(f"{source}: unknown section [{name}]; sections are {allowed}")
+            raise ConfigError(f"{source}: unknown section [{_name(name)}]; sections are {allowed}")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: {name} must be a [{name}] table")
         cls = sections[name]
@@ -177,7 +256,7 @@ def from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in table.items():
-            where = f"{source}: [{name}] {key}"
+            where = f"{source}: [{name}] {_name(key)}"
             if key not in fields:
                 known = ", ".join(sorted(fields))
                 raise ConfigError(f"{where}: unknown key; keys of [{name}] are {known}")

@@ -24,23 +24,33 @@ Migration = str | Callable[[sqlite_utils.Database], None]
 
 def open_state(path: Path, *, check: bool = True) -> sqlite_utils.Database:
     """Open (creating if needed) the state database; raises StateError when it is corrupt."""
+    if check and path.exists():
+        check_integrity(path)
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        if check:
-            rows = conn.execute("PRAGMA integrity_check").fetchall()
-            if [r[0] for r in rows] != ["ok"]:
-                detail = "; ".join(str(r[0]) for r in rows[:3])
-                conn.close()
-                raise StateError(_corrupt_message(path, detail))
     except sqlite3.DatabaseError as exc:
         raise StateError(_corrupt_message(path, str(exc))) from exc
     db = sqlite_utils.Database(conn)
     migrate(db, "core", CORE_MIGRATIONS)
     return db
+
+
+def check_integrity(path: Path) -> None:
+    """Run ``PRAGMA integrity_check`` read-only, so a damaged file is never modified."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(_corrupt_message(path, str(exc))) from exc
+    if [r[0] for r in rows] != ["ok"]:
+        raise StateError(_corrupt_message(path, "; ".join(str(r[0]) for r in rows[:3])))
 
 
 def _corrupt_message(path: Path, detail: str) -> str:
