@@ -135,10 +135,11 @@ ServiceFactory = Callable[[AgentContext], Service]
 
 def build_services(ctx: AgentContext) -> list[Service]:
     """Every service of the agent, in start order."""
+    from node.relays.service import RelaysService
     from node.transport.service import TransportService
     from node.web.app import WebService
 
-    return [TransportService(ctx), WebService(ctx)]
+    return [TransportService(ctx), RelaysService(ctx), WebService(ctx)]
 
 
 class Supervisor:

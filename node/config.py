@@ -174,12 +174,34 @@ class HwmonSection:
 
 
 @dataclass(frozen=True)
+class RelaysSection:
+    """MicroPython relay boards enrolled with this box."""
+
+    listen: str = setting(
+        "0.0.0.0:7701", "UDP address relays register on (HOST:PORT).", kind="hostport"
+    )
+    keepalive_ms: int = setting(
+        15000, "Relay heartbeat interval in ms (three missed: offline).", min=1000, max=300000
+    )
+    byte_quota: int = setting(
+        64 << 20, "Most bytes one relayed session may move.", min=1024, max=(1 << 30) - 1
+    )
+    packet_quota: int = setting(
+        100000, "Most datagrams one relayed session may move.", min=16, max=(1 << 30) - 1
+    )
+    idle_ms: int = setting(
+        60000, "A relayed session idle this long (ms) is freed.", min=1000, max=3600000
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per ``[section]``."""
 
     node: NodeSection = field(default_factory=NodeSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     web: WebSection = field(default_factory=WebSection)
+    relays: RelaysSection = field(default_factory=RelaysSection)
     hwmon: HwmonSection = field(default_factory=HwmonSection)
 
 

@@ -8,6 +8,7 @@ import click
 
 from provisioning import __version__
 from provisioning.errors import FleetError
+from provisioning.relay.cli import relay
 
 
 class _Group(click.Group):
@@ -31,3 +32,6 @@ def main() -> None:
 def version() -> None:
     """Print the fleet tools' version."""
     click.echo(f"bitchat-fleet {__version__}")
+
+
+main.add_command(relay)

@@ -627,6 +627,9 @@ def make_app(ctx: AgentContext) -> web.Application:
     app.router.add_post("/api/actions/pause", action_pause)
     app.router.add_post("/api/actions/shutdown", action_shutdown)
     app.router.add_post("/api/actions/rotate-token", action_rotate_token)
+    from node.relays.http import add_routes as add_relay_routes
+
+    add_relay_routes(app)
     return app
 
 

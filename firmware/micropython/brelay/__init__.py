@@ -1,0 +1,2 @@
+# bitchat relay firmware for MicroPython boards (ESP32, Pico W).
+VERSION = 1

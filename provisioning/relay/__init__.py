@@ -1,0 +1,1 @@
+"""Relay boards: the firmware bundle, flashing over the raw REPL, BLE enrollment."""
