@@ -177,3 +177,109 @@ def status(data_dir: Path, api: str | None, as_json: bool) -> None:
     click.echo(f"uptime:  {doc.get('uptime_s')} s")
     for name, svc in sorted((doc.get("services") or {}).items()):
         click.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in svc.items()))
+
+
+@main.command()
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option(
+    "--sysfs-root",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Read /sys, /proc and /run under this directory (default: [hwmon] sysfs_root).",
+)
+def doctor(data_dir: Path, as_json: bool, sysfs_root: Path | None) -> None:
+    """Check the box (identity, disk, SMART, heat, power, clock, ports, network); say what to do.
+
+    Prints one line per check with OK, WARN or FAIL; exits 1 when any check fails.
+    """
+    from node.hwmon.doctor import render, run_checks, to_json
+
+    findings = run_checks(data_dir, sysfs_root)
+    click.echo(json.dumps(to_json(findings), indent=2) if as_json else render(findings))
+    if any(f.level == "fail" for f in findings):
+        sys.exit(1)
+
+
+def _api_and_token(data_dir: Path, api: str | None, token: str | None) -> tuple[str, str | None]:
+    """The agent's dashboard URL and admin token, from options or from DATA_DIR."""
+    from node.agent import read_runtime
+
+    if api is None:
+        runtime = read_runtime(data_dir)
+        if runtime is None or "web" not in runtime:
+            raise NodeError(f"no agent is running on {data_dir}; start one or pass --api URL")
+        api = str(runtime["web"])
+    if token is None:
+        with contextlib.suppress(OSError):
+            token = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+    return api, token
+
+
+def storage_client_options(func: F) -> F:
+    """``--api`` and ``--token`` for the commands that talk to a running agent's storage."""
+    func = click.option(
+        "--token",
+        envvar="BITCHAT_TOKEN",
+        help="Admin token of the agent (default: DATA_DIR/admin.token; $BITCHAT_TOKEN).",
+    )(func)
+    func = click.option(
+        "--api", metavar="URL", help="Dashboard URL of the agent (default: from DATA_DIR)."
+    )(func)
+    return data_dir_option(func)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@storage_client_options
+def put(file: Path, data_dir: Path, api: str | None, token: str | None) -> None:
+    """Encrypt FILE here and store it in the network through a running agent; prints its id."""
+    from node.storage_agent.transfer import put_file
+
+    url, tok = _api_and_token(data_dir, api, token)
+    click.echo(put_file(url, file, tok))
+
+
+@main.command()
+@click.argument("file_id")
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the file.",
+)  # fmt: skip
+@storage_client_options
+def get(file_id: str, out: Path, data_dir: Path, api: str | None, token: str | None) -> None:
+    """Fetch the file FILE_ID from the network through a running agent and decrypt it."""
+    from node.storage_agent.transfer import get_file
+
+    url, tok = _api_and_token(data_dir, api, token)
+    size = get_file(url, file_id, out, tok)
+    click.echo(f"wrote {size} bytes to {out}", err=True)
+
+
+@main.command()
+@click.option("--nodes", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+    help="Directory for the devnet's node data dirs (created if missing).",
+)  # fmt: skip
+@click.option(
+    "--web", default="127.0.0.1:7780", show_default=True, metavar="HOST:PORT",
+    help="Dashboard address of the first node (the one the workload pays).",
+)  # fmt: skip
+@click.option("--rounds", type=int, help="Stop after this many workload rounds.")
+def devnet(nodes: int, data_dir: Path, web: str, rounds: int | None) -> None:
+    """Run NODES agents on loopback and a workload that stores, audits, fetches and pays."""
+    from node.storage_agent.devnet import Devnet, workload
+
+    try:
+        config.parse_hostport(web)
+    except ValueError as exc:
+        raise ConfigError(f"--web: {exc}") from None
+    net = Devnet(data_dir, nodes, web0=web)
+    click.echo(f"starting {nodes} agents under {data_dir} …")
+    with net:
+        click.echo(f"dashboard of node 0: {net.nodes[0].web}  (earnings grow as the others pay it)")
+        for node in net.nodes[1:]:
+            click.echo(f"node {node.index}: {node.web}")
+        click.echo("workload running; Ctrl-C stops the devnet")
+        with contextlib.suppress(KeyboardInterrupt):
+            workload(net, rounds=rounds, say=click.echo)

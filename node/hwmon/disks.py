@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from node.config import Config
 from node.hwmon.errors import SensorError
 from node.hwmon.parse import Mount, parse_ioerr_cnt, parse_mounts
 from node.hwmon.sensors import read_text
@@ -50,6 +51,16 @@ def set_idle_io_priority(tid: int = 0) -> bool:
     libc = ctypes.CDLL(name, use_errno=True)
     prio = _IOPRIO_CLASS_IDLE << _IOPRIO_CLASS_SHIFT
     return int(libc.syscall(nr, _IOPRIO_WHO_PROCESS, tid, prio)) == 0
+
+
+LIMIT_REASON = "data_disk"
+"""The reason under which the monitor's disk restrictions go into ``ctx.limits``."""
+
+
+def data_disk_dir(cfg: Config, data_dir: Path) -> Path:
+    """The directory that must live on the data disk: ``[storage] path``, else the data dir."""
+    path = getattr(getattr(cfg, "storage", None), "path", "")
+    return Path(path) if isinstance(path, str) and path else data_dir
 
 
 @dataclass(frozen=True, slots=True)

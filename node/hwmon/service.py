@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from node import log
 from node.events import Level
-from node.hwmon.disks import DiskChange, DiskPolicy, DiskProbe, DiskReading, LinuxDiskProbe
+from node.hwmon.disks import (
+    LIMIT_REASON,
+    DiskChange,
+    DiskPolicy,
+    DiskProbe,
+    DiskReading,
+    LinuxDiskProbe,
+    data_disk_dir,
+)
 from node.hwmon.errors import DeviceMissing, HwmonError, SensorError
 from node.hwmon.findings import Finding, by_severity
 from node.hwmon.gpio import Gpio, PwmFan, open_gpio
@@ -59,6 +67,7 @@ class HwmonService:
         self.cfg = ctx.config.hwmon
         self.root = Path(self.cfg.sysfs_root)
         self.clock = clock
+        self.data_disk = data_disk_dir(ctx.config, ctx.data_dir)
         self.sensors = sensors or LinuxSensors(self.root)
         self.disk_probe = disk_probe or LinuxDiskProbe(self.root)
         self.policy = ThermalPolicy(ThermalConfig.from_section(self.cfg))
@@ -157,7 +166,7 @@ class HwmonService:
         if not self._devices_open:
             self._open_devices()
         if self.expected_mount is None:
-            first = await asyncio.to_thread(self.disk_probe.probe, self.ctx.data_dir, None)
+            first = await asyncio.to_thread(self.disk_probe.probe, self.data_disk, None)
             if first.present and first.mountpoint and first.mountpoint != "/":
                 self.expected_mount = first.mountpoint
 
@@ -193,12 +202,12 @@ class HwmonService:
         if self._probe is None:
             loop = asyncio.get_running_loop()
             self._probe = loop.run_in_executor(
-                None, self.disk_probe.probe, self.ctx.data_dir, self.expected_mount
+                None, self.disk_probe.probe, self.data_disk, self.expected_mount
             )
         done, _ = await asyncio.wait({self._probe}, timeout=DISK_PROBE_TIMEOUT)
         if not done:
             return DiskReading(
-                str(self.ctx.data_dir),
+                str(self.data_disk),
                 False,
                 f"the data disk does not answer (statvfs blocked for over {DISK_PROBE_TIMEOUT} s)",
             )
@@ -268,7 +277,7 @@ class HwmonService:
         _log.info("thermal_level", old=change.old.label, new=change.new.label, temp_c=change.temp_c)
 
     def _disk_changed(self, change: DiskChange) -> None:
-        self.ctx.limits.set("disk", change.restriction)
+        self.ctx.limits.set(LIMIT_REASON, change.restriction)
         what = {
             "ok": "all disk work resumes",
             "low_space": "new uploads refused",

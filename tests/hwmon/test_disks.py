@@ -131,7 +131,7 @@ async def test_disk_loss_read_only_and_return_on_a_real_tmpfs(tmpfs: Path, tmp_p
     subprocess.run(["umount", str(tmpfs)], check=True)
     await svc.poll()
     assert svc.disk_policy.state == "missing"
-    assert ctx.limits.refuse_audits and ctx.limits.why("refuse_uploads") == ["disk"]
+    assert ctx.limits.refuse_audits and ctx.limits.why("refuse_uploads") == ["data_disk"]
     assert f"nothing is mounted on {tmpfs}" in ctx.events.recent(1)[0].message
     assert any(f.check == "data-disk" and f.level == "fail" for f in svc.findings())
 
