@@ -135,11 +135,12 @@ ServiceFactory = Callable[[AgentContext], Service]
 
 def build_services(ctx: AgentContext) -> list[Service]:
     """Every service of the agent, in start order."""
+    from node.hwmon.service import HwmonService
     from node.relays.service import RelaysService
     from node.transport.service import TransportService
     from node.web.app import WebService
 
-    return [TransportService(ctx), RelaysService(ctx), WebService(ctx)]
+    return [HwmonService(ctx), TransportService(ctx), RelaysService(ctx), WebService(ctx)]
 
 
 class Supervisor:
