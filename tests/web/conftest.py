@@ -90,3 +90,34 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]
         thread.join(10)
         loop.close()
         ctx.db.conn.close()
+
+
+def seed_earnings(data_dir: Path, days: int = 12) -> bool:
+    """Put real signed vouchers of a payer into the box's ledger, one per day back from today.
+
+    Returns False when this tree has no storage ledger (then the dashboard shows none).
+    """
+    try:
+        from node.storage_agent.ledger import Ledger
+        from node.storage_agent.store import VOUCHERS
+        from node.storage_agent.vouchers import Voucher
+    except ImportError:
+        return False
+    import time
+
+    box = identity.load(data_dir / identity.KEY_FILE)
+    payer = identity.Identity.generate()
+    db = state.open_state(data_dir / state.STATE_FILE)
+    try:
+        ledger = Ledger(db, box.node_id, data_dir / VOUCHERS)
+        now = time.time()
+        totals = {"storage": 0, "egress": 0, "relay": 0}
+        for seq, back in enumerate(range(days - 1, -1, -1), start=1):
+            totals["storage"] += 150_000 + 10_000 * seq
+            totals["egress"] += 40_000 + 5_000 * (seq % 4)
+            totals["relay"] += 20_000 * (seq % 3)
+            v = Voucher(payer.public_key, box.node_id, seq, int(now - back * 86400), **totals)
+            ledger.accept(v.signed(payer), now)
+    finally:
+        db.conn.close()
+    return True

@@ -60,9 +60,10 @@ function el(tag, cls, content) {
   return e;
 }
 
-function row(cells) {
+function row(cells, span) {
   const tr = document.createElement("tr");
   for (const c of cells) tr.appendChild(el("td", "", c));
+  if (span) tr.firstChild.colSpan = span;
   return tr;
 }
 
@@ -145,8 +146,8 @@ const render = {
     rows.replaceChildren(...contracts.slice(0, 20).map((c) => row([
       String(c.id || "").slice(0, 12), String(c.client || "").slice(0, 12), fmtBytes(c.size),
       fmtMoney(c.price), fmtTime(c.end), text(c.state)])));
-    if (contracts.length > 20) rows.appendChild(row([`… and ${contracts.length - 20} more`]));
-    if (!contracts.length) rows.appendChild(row(["no contracts yet"]));
+    if (contracts.length > 20) rows.appendChild(row([`… and ${contracts.length - 20} more`], 6));
+    if (!contracts.length) rows.appendChild(row(["no contracts yet"], 6));
   },
 
   network(n) {
@@ -175,7 +176,8 @@ const render = {
   hardware(h) {
     if (!card("card-hardware", h)) return;
     put("hw-temp", h.cpu_temp_c, typeof h.cpu_temp_c === "number" ? `${h.cpu_temp_c.toFixed(1)} °C` : "no sensor");
-    put("hw-thermal", h.thermal_level, `${text(h.thermal_level)}${h.thermal_reason ? ` (${h.thermal_reason})` : ""}`);
+    put("hw-thermal", h.thermal_level);
+    put("hw-thermal-reason", h.thermal_reason);
     const thr = h.throttled || {};
     const now = thr.now || {};
     const since = thr.since_boot || {};
@@ -216,6 +218,7 @@ function drawChart(days) {
   if (!days.length || typeof uPlot === "undefined") {
     if (state.chart) { state.chart.destroy(); state.chart = null; }
     box.textContent = days.length ? "" : "No earnings recorded yet.";
+    box.classList.toggle("empty", !days.length);
     return;
   }
   // Stacked bars: each series is the running sum, drawn tallest first.
@@ -229,10 +232,18 @@ function drawChart(days) {
   const width = Math.max(240, box.clientWidth || 300);
   if (state.chart) { state.chart.destroy(); }
   box.textContent = "";
+  box.classList.remove("empty");
   state.chart = new uPlot({
     width, height: 180, series, legend: { show: false }, cursor: { show: false },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
-    axes: [{ stroke: "#8a949e", grid: { show: false } }, { stroke: "#8a949e", size: 56 }],
+    scales: {
+      x: { time: true, range: (u, min, max) => [min - 43200, max + 43200] },
+      y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
+    },
+    axes: [
+      { stroke: "#8a949e", grid: { show: false }, space: 44, incrs: [86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400],
+        values: (u, splits) => splits.map((s) => new Date(s * 1000).toISOString().slice(5, 10)) },
+      { stroke: "#8a949e", size: 56 },
+    ],
   }, data, box);
 }
 

@@ -1,0 +1,243 @@
+"""The dashboard page in real Chromium (Debian's package, driven by Playwright) on a real agent."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.cli import init_data_dir
+from tests.support import RunningAgent, require_binary, start_agent
+from tests.web.conftest import seed_earnings
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+LIVE_INTERVAL = 1.0
+
+# Element id -> path in the section document whose value it shows (data-value).
+FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "status": {"status-version": ("version",), "status-node-id": ("node_id",)},
+    "earnings": {
+        "earn-today": ("today",),
+        "earn-month": ("month",),
+        "earn-all": ("all_time",),
+        "earn-channels": ("channels",),
+    },
+    "storage": {
+        "storage-used": ("used_bytes",),
+        "storage-allocated": ("allocated_bytes",),
+        "storage-free": ("free_bytes",),
+        "storage-chunks": ("chunks",),
+        "score-audit": ("scores", "audit"),
+        "score-online": ("scores", "online"),
+        "score-suspension": ("scores", "suspension"),
+    },
+    "network": {"net-sessions": ("sessions",), "net-listen": ("listen",)},
+    "hardware": {"hw-temp": ("cpu_temp_c",), "hw-thermal": ("thermal_level",)},
+}
+CARDS = {
+    "earnings": ["card-earnings"],
+    "storage": ["card-storage", "card-scores", "card-contracts"],
+    "network": ["card-network"],
+    "hardware": ["card-hardware"],
+}
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    box = tmp_path_factory.mktemp("page") / "box"
+    init_data_dir(box)
+    (box / "config.toml").write_text(f"[web]\nlive_interval = {LIVE_INTERVAL}\n")
+    seed_earnings(box)
+    running = start_agent(box)
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = require_binary("chromium", "chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any, agent: RunningAgent) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.errors = errors
+    pg.goto(agent.web)
+    pg.wait_for_selector("body[data-loaded]")
+    yield pg
+    context.close()
+
+
+def api(agent: RunningAgent, path: str) -> Any:
+    with urllib.request.urlopen(agent.web + path.lstrip("/"), timeout=10) as resp:
+        return json.load(resp)
+
+
+def dig(doc: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc
+
+
+def test_page_loads_clean_and_shows_the_apis_numbers(page: Any, agent: RunningAgent) -> None:
+    # What the page rendered, read in one go so no live update can slip in between.
+    shown = page.evaluate(
+        """(fields) => {
+          const out = {last: state.last, values: {}, cards: {}};
+          for (const ids of Object.values(fields)) for (const id of Object.keys(ids)) {
+            const el = document.getElementById(id);
+            out.values[id] = el.dataset.value !== undefined ? el.dataset.value : el.textContent;
+          }
+          for (const id of ["card-earnings", "card-storage", "card-scores", "card-contracts",
+                            "card-network", "card-hardware"]) {
+            const c = document.getElementById(id);
+            out.cards[id] = {unavailable: c.classList.contains("unavailable"),
+                             reason: c.querySelector(".reason").textContent};
+          }
+          return out;
+        }""",
+        FIELDS,
+    )
+    for section, fields in FIELDS.items():
+        rendered = shown["last"][section]
+        fresh = api(agent, f"/api/{section}")
+        assert rendered.get("available", True) == fresh.get("available", True), section
+        if rendered.get("available") is False:
+            assert fresh["reason"] == rendered["reason"]
+            for card in CARDS[section]:
+                assert shown["cards"][card] == {
+                    "unavailable": True,
+                    "reason": f"Not available: {fresh['reason']}",
+                }
+            continue
+        for card in CARDS.get(section, []):
+            assert shown["cards"][card]["unavailable"] is False
+        for element, path in fields.items():
+            value = dig(rendered, path)
+            text = shown["values"][element]
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, int | float):
+                assert float(text) == pytest.approx(float(value)), element
+            else:
+                assert text == str(value), element
+        # The page got the same document the API gives (apart from moving counters).
+        assert dig(rendered, ("version",)) == dig(fresh, ("version",))
+    status = shown["last"]["status"]
+    assert status["node_id"] == agent.node_id == api(agent, "/api/status")["node_id"]
+    assert page.errors == []
+
+
+def test_chart_draws_or_says_why(page: Any, agent: RunningAgent) -> None:
+    earnings = api(agent, "/api/earnings")
+    if not earnings["available"]:
+        assert page.locator("#card-earnings .reason").inner_text() == (
+            f"Not available: {earnings['reason']}"
+        )
+        assert page.locator("#earn-chart canvas").count() == 0
+        return
+    if not earnings["by_day"]:
+        assert page.locator("#earn-chart").inner_text() == "No earnings recorded yet."
+        return
+    painted = page.evaluate(
+        """() => {
+          const c = document.querySelector("#earn-chart canvas");
+          const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+          let series = 0;
+          for (let i = 0; i < px.length; i += 4)
+            if (px[i + 3] > 0 && ((px[i] === 0x2b && px[i + 1] === 0x8a) ||
+                (px[i] === 0xe0 && px[i + 1] === 0xa0) || (px[i] === 0x6a && px[i + 1] === 0x5a)))
+              series++;
+          return series;
+        }"""
+    )
+    assert painted > 50
+    assert page.errors == []
+
+
+def test_live_update_arrives_without_reload(page: Any) -> None:
+    page.wait_for_selector("#live.on")
+    before = page.evaluate("Number(document.body.dataset.updates || 0)")
+    uptime = page.locator("#status-uptime").get_attribute("data-value")
+    page.wait_for_function(
+        """([before, uptime]) => Number(document.body.dataset.updates || 0) > before &&
+             document.getElementById("status-uptime").dataset.value !== uptime""",
+        arg=[before, uptime],
+        timeout=15_000,
+    )
+    assert page.errors == []
+
+
+def test_action_refused_without_token_then_done_with_it(page: Any, agent: RunningAgent) -> None:
+    token = (agent.data_dir / "admin.token").read_text().strip()
+    hwmon = api(agent, "/api/hardware")["available"]
+    page.click("#form-identify button")
+    # No token yet: the page asks for it instead of sending anything.
+    page.wait_for_selector("#token-form:not([hidden])")
+    page.fill("#token-input", "not-the-token")
+    page.click("#token-submit")
+    page.wait_for_function(
+        "() => document.getElementById('action-result').textContent.startsWith('Refused')"
+    )
+    assert "wrong admin token" in page.inner_text("#action-result")
+    assert page.evaluate("sessionStorage.length") == 0
+    page.wait_for_selector("#token-form:not([hidden])")
+    page.fill("#token-input", token)
+    page.click("#token-submit")
+    page.wait_for_function(
+        """() => {
+          const t = document.getElementById("action-result").textContent;
+          return t !== "" && !t.startsWith("Enter") && !t.startsWith("Refused: wrong");
+        }"""
+    )
+    result = page.inner_text("#action-result")
+    if hwmon:
+        assert result == "the LEDs blink for 10 s"
+        # The event the action caused arrives through the live feed.
+        page.wait_for_selector("#events li:has-text('identify')", timeout=15_000)
+    else:
+        assert result.startswith("Refused: the hwmon service is not running")
+    # The token never lands in the page or in storage unless the owner asks for it.
+    assert token not in page.content()
+    assert page.evaluate("sessionStorage.length") == 0
+    # Errors the page expected (the 401 and any 503) are shown as results, not console noise.
+    assert [e for e in page.errors if "401" not in e and "503" not in e] == []
+
+
+def test_screenshots_phone_and_laptop(browser: Any, agent: RunningAgent) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    for width, height, name in ((390, 844, "phone"), (1280, 800, "laptop")):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        pg = context.new_page()
+        pg.goto(agent.web)
+        pg.wait_for_selector("body[data-loaded]")
+        pg.wait_for_selector("#live.on")
+        out = ARTIFACTS / f"dashboard-{name}-{width}x{height}.png"
+        pg.screenshot(path=str(out), full_page=True)
+        assert out.stat().st_size > 10_000
+        # Nothing sticks out sideways on a phone.
+        assert pg.evaluate("document.documentElement.scrollWidth") <= width
+        context.close()
