@@ -137,10 +137,17 @@ def build_services(ctx: AgentContext) -> list[Service]:
     """Every service of the agent, in start order."""
     from node.hwmon.service import HwmonService
     from node.relays.service import RelaysService
+    from node.storage_agent.service import StorageService
     from node.transport.service import TransportService
     from node.web.app import WebService
 
-    return [HwmonService(ctx), TransportService(ctx), RelaysService(ctx), WebService(ctx)]
+    return [
+        HwmonService(ctx),
+        TransportService(ctx),
+        StorageService(ctx),
+        RelaysService(ctx),
+        WebService(ctx),
+    ]
 
 
 class Supervisor:
@@ -208,8 +215,16 @@ async def run_agent(
     runtime = data_dir / RUNTIME_FILE
     try:
         ident = identity.load(data_dir / identity.KEY_FILE)
-        db = state.open_state(data_dir / state.STATE_FILE)
+        db, aside = state.open_or_set_aside(data_dir / state.STATE_FILE)
         ctx = AgentContext(data_dir, cfg, ident, db, EventLog())
+        if aside is not None:
+            _log.warning("state_db_corrupt", moved_to=str(aside))
+            ctx.events.emit(
+                "warning",
+                "agent",
+                f"state.db was corrupt; kept it as {aside.name} and started a fresh one "
+                "(the storage index and earnings are rebuilt from the data disk)",
+            )
         built = [f(ctx) for f in services] if services is not None else build_services(ctx)
         for svc in built:
             ctx.services[svc.name] = svc

@@ -195,12 +195,72 @@ class RelaysSection:
 
 
 @dataclass(frozen=True)
+class StorageSection:
+    """Chunk storage, proofs of storage and earnings."""
+
+    path: str = setting(
+        "",
+        "Data disk directory for chunks, contracts and vouchers (empty: the data dir).",
+        max_len=4096,
+    )
+    allocation_bytes: int = setting(
+        0, "Bytes offered to the network (0: all but the reserve).", min=0, max=1 << 60
+    )
+    reserve_percent: float = setting(
+        10.0, "Part of the data disk's filesystem always left free, percent.", min=1, max=90
+    )
+    client_quota_bytes: int = setting(
+        0, "Most bytes one client may keep here (0: no per-client limit).", min=0, max=1 << 60
+    )
+    min_price_per_gib_month: float = setting(
+        0.0, "Lowest storage price this box accepts, BCT per GiB-month.", min=0, max=1e9
+    )
+    price_per_gib_month: float = setting(
+        1.0,
+        "Storage price this box offers when it places files, BCT per GiB-month.",
+        min=0,
+        max=1e9,
+    )
+    egress_price_per_gib: float = setting(
+        0.5, "Price this box pays per GiB it downloads from other boxes, BCT.", min=0, max=1e9
+    )
+    contract_days: float = setting(
+        30.0,
+        "Term of the contracts this box makes when it places files, days.",
+        min=0.001,
+        max=3650,
+    )
+    erasure_k: int = setting(4, "Shares needed to rebuild a stripe.", min=1, max=64)
+    erasure_n: int = setting(8, "Shares made per stripe (k-of-n).", min=1, max=128)
+    audit_interval: float = setting(
+        600.0, "Seconds between audit rounds over the files this box placed.", min=1, max=86400
+    )
+    audit_samples: int = setting(16, "Segments sampled per audit.", min=1, max=64)
+    pay_interval: float = setting(
+        600.0, "Seconds between voucher rounds to the boxes that store for us.", min=1, max=86400
+    )
+    scrub_days: float = setting(
+        7.0, "Each stored chunk is re-hashed about once per this many days.", min=0.0001, max=365
+    )
+    disk_check_interval: float = setting(
+        10.0, "Seconds between checks that the data disk is the right one.", min=1, max=3600
+    )
+    repair_after_offline: float = setting(
+        3600.0,
+        "Seconds a node may stay unreachable before its shares are re-created.",
+        min=1,
+        max=30 * 86400,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per ``[section]``."""
 
     node: NodeSection = field(default_factory=NodeSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     web: WebSection = field(default_factory=WebSection)
+    storage: StorageSection = field(default_factory=StorageSection)
     relays: RelaysSection = field(default_factory=RelaysSection)
     hwmon: HwmonSection = field(default_factory=HwmonSection)
 

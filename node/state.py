@@ -8,7 +8,9 @@ Migrations are append-only: never edit one that has shipped, add the next.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,6 +39,32 @@ def open_state(path: Path, *, check: bool = True) -> sqlite_utils.Database:
     db = sqlite_utils.Database(conn)
     migrate(db, "core", CORE_MIGRATIONS)
     return db
+
+
+def open_or_set_aside(path: Path) -> tuple[sqlite_utils.Database, Path | None]:
+    """Open state.db; a corrupt one is moved aside (kept for inspection) and a fresh one made.
+
+    Returns the database and where the corrupt file went (None when it was sound). Every
+    table in state.db can be refilled from files on the data disk (the storage index from the
+    chunk files, earnings from the voucher logs), so starting afresh loses nothing.
+    """
+    if path.exists():
+        try:
+            check_integrity(path)
+        except StateError:
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            for suffix in ("-wal", "-shm"):
+                extra = path.with_name(path.name + suffix)
+                if extra.exists():
+                    os.replace(extra, aside.with_name(aside.name + suffix))
+            os.replace(path, aside)
+            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            return open_state(path, check=False), aside
+    return open_state(path, check=False), None
 
 
 def check_integrity(path: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from node import state
+from node.cli import fetch_json
 from tests.support import RunningAgent, start_agent
 
 
@@ -111,13 +113,19 @@ def test_web_port_in_use(data_dir: Path) -> None:
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in error
 
 
-def test_corrupt_state_db(data_dir: Path) -> None:
+def test_corrupt_state_db_is_set_aside(data_dir: Path) -> None:
     db = data_dir / "state.db"
     db.write_bytes(b"this is not an sqlite database" * 100)
     before = db.read_bytes()
-    error = run_agent_expect_failure(data_dir)
-    assert "state.db" in error and "corrupt" in error
-    assert db.read_bytes() == before
+    running = start_agent(data_dir)
+    try:
+        status = fetch_json(running.web.rstrip("/") + "/api/status")
+    finally:
+        running.stop()
+    assert status["node_id"] == running.node_id
+    (aside,) = data_dir.glob("state.db.corrupt-*")
+    assert aside.read_bytes() == before
+    state.check_integrity(db)
 
 
 def test_second_agent_on_same_data_dir(agent: RunningAgent) -> None:

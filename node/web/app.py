@@ -615,6 +615,9 @@ def make_app(ctx: AgentContext) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static_file)
     app.router.add_get("/api/status", api_status)
+    from node.storage_agent.http import add_routes as add_storage_routes
+
+    add_storage_routes(app)
     for name in SECTIONS:
         app.router.add_get(f"/api/{name}", _section_handler(name))
     app.router.add_get("/api/earnings/export", api_earnings_export)

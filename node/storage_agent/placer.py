@@ -1,0 +1,534 @@
+"""The client workload inside an agent: place files on nodes, audit them, pay, repair.
+
+An agent that puts a file is that file's client: it erasure-codes the ciphertext into shares,
+places the shares of a stripe on distinct nodes under signed contracts, keeps the placement in
+``files/<record id>.json`` on its data disk, audits every share on a schedule (reputation per
+node), pays the nodes with cumulative vouchers for audited storage time and served bytes, and
+re-creates a share elsewhere when its node fails an audit, stays unreachable, or is
+disqualified. Files placed by other agents can still be fetched: their record and shares are
+found by asking the known peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node import identity, log
+from node.events import EventLog
+from node.storage_agent import audit, client, merkle, wire
+from node.storage_agent.contracts import UNITS_PER_BCT, Contract
+from node.storage_agent.errors import ChunkMissing, ProofError, StorageError
+from node.storage_agent.network import Dialer, Peer, PeerUnreachable
+from node.storage_agent.reputation import Reputation
+from node.storage_agent.store import chunk_id, write_durable
+from node.storage_agent.vouchers import Voucher
+
+_log = log.get_logger(__name__)
+GIB = 1 << 30
+MONTH = 30 * 86400
+RECORD_SHARE = -1
+"""Share number marking a replica of the file record itself."""
+
+
+@dataclass
+class PlacerSettings:
+    k: int = 4
+    n: int = 8
+    price_per_gib_month: float = 1.0
+    egress_price_per_gib: float = 0.5
+    term: float = 30 * 86400.0
+    audit_samples: int = audit.DEFAULT_SAMPLES
+    audit_deadline: float = audit.DEFAULT_DEADLINE
+    repair_after_offline: float = 3600.0
+    """Seconds a share's node may stay unreachable before the share is re-created elsewhere."""
+
+
+@dataclass
+class Placement:
+    chunk: bytes
+    stripe: int
+    num: int
+    node_key: bytes
+    address: tuple[str, int]
+    contract: Contract
+    paid_until: float
+    lost: bool = False
+    offline_since: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chunk": self.chunk.hex(), "stripe": self.stripe, "num": self.num,
+            "node": self.node_key.hex(), "address": list(self.address),
+            "contract": self.contract.encode().hex(), "paid_until": self.paid_until,
+            "lost": self.lost, "offline_since": self.offline_since,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Placement:
+        return cls(
+            bytes.fromhex(d["chunk"]), int(d["stripe"]), int(d["num"]), bytes.fromhex(d["node"]),
+            (str(d["address"][0]), int(d["address"][1])),
+            Contract.decode(bytes.fromhex(d["contract"])), float(d["paid_until"]),
+            bool(d.get("lost", False)), d.get("offline_since"),
+        )  # fmt: skip
+
+
+@dataclass
+class PlacedFile:
+    record: client.FileRecord
+    placements: list[Placement]
+
+
+@dataclass
+class Channel:
+    seq: int = 0
+    storage: int = 0
+    egress: int = 0
+    relay: int = 0
+    sent_seq: int = 0
+    address: tuple[str, int] | None = None
+
+
+@dataclass
+class Placer:
+    ident: identity.Identity
+    dialer: Dialer
+    peers: Callable[[], list[Peer]]
+    files_dir: Path
+    tmp_dir: Path
+    events: EventLog
+    settings: PlacerSettings = field(default_factory=PlacerSettings)
+    reputation: Reputation = field(default_factory=Reputation)
+    files: dict[bytes, PlacedFile] = field(default_factory=dict)
+    channels: dict[bytes, Channel] = field(default_factory=dict)
+    auditor: audit.Auditor = field(default_factory=audit.Auditor)
+    stats: dict[str, int] = field(
+        default_factory=lambda: {"audits": 0, "audit_failures": 0, "repairs": 0, "vouchers": 0}
+    )
+
+    def __post_init__(self) -> None:
+        self.auditor.samples = self.settings.audit_samples
+        self.auditor.deadline = self.settings.audit_deadline
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read placement records and payment channels from the data disk."""
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        for path in self.files_dir.glob("*.json"):
+            try:
+                doc = json.loads(path.read_text())
+                record = client.FileRecord.decode(doc["record"].encode())
+                placements = [Placement.from_json(p) for p in doc["placements"]]
+            except (OSError, ValueError, KeyError, TypeError, StorageError) as exc:
+                _log.warning("placement_record_unreadable", path=str(path), error=str(exc))
+                continue
+            self.files[record.id] = PlacedFile(record, placements)
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            doc = json.loads((self.files_dir / "channels.json").read_text())
+            for key, c in doc.items():
+                addr = c.pop("address", None)
+                ch = Channel(**c)
+                ch.address = (addr[0], int(addr[1])) if addr else None
+                self.channels[bytes.fromhex(key)] = ch
+
+    def _save_file(self, pf: PlacedFile) -> None:
+        doc = {
+            "record": pf.record.encode().decode(),
+            "placements": [p.to_json() for p in pf.placements],
+        }
+        write_durable(
+            self.files_dir / f"{pf.record.id.hex()}.json", json.dumps(doc).encode(), self.tmp_dir
+        )
+
+    def _save_channels(self) -> None:
+        doc = {
+            k.hex(): {
+                "seq": c.seq, "storage": c.storage, "egress": c.egress, "relay": c.relay,
+                "sent_seq": c.sent_seq, "address": list(c.address) if c.address else None,
+            }
+            for k, c in self.channels.items()
+        }  # fmt: skip
+        write_durable(self.files_dir / "channels.json", json.dumps(doc).encode(), self.tmp_dir)
+
+    # -- placing --------------------------------------------------------------------------
+
+    def _candidates(self) -> list[Peer]:
+        out = []
+        for p in self.peers():
+            if not p.accepting:
+                continue
+            rep = self.reputation.nodes.get(p.public_key)
+            if rep is not None and (rep.disqualified or rep.suspended):
+                continue
+            out.append(p)
+        random.shuffle(out)
+        return out
+
+    def _price(self, size: int) -> int:
+        units = self.settings.price_per_gib_month * UNITS_PER_BCT * size * self.settings.term
+        return math.ceil(units / (GIB * MONTH))
+
+    async def _store_on(self, peer: Peer, data: bytes, now: float) -> Contract:
+        offer = Contract(
+            chunk_id=chunk_id(data), root=merkle.root(data), size=len(data),
+            price=self._price(len(data)), start=int(now), end=int(now + self.settings.term),
+            client_key=self.ident.public_key, node_key=peer.public_key,
+        ).signed_by_client(self.ident)  # fmt: skip
+        answer = await self.dialer.request(
+            peer.address, wire.Store(offer, data), peer_key=peer.public_key
+        )
+        if isinstance(answer, wire.Error):
+            raise StorageError(f"{peer.label} refused the chunk: {answer.reason}")
+        if not isinstance(answer, wire.Stored):
+            raise StorageError(f"{peer.label} answered STORE with {type(answer).__name__}")
+        signed = answer.contract
+        if signed.body() != offer.body():
+            raise ProofError(f"{peer.label} countersigned a different contract")
+        signed.check()
+        return signed
+
+    async def _place(
+        self, data: bytes, stripe: int, num: int, avoid: set[bytes], now: float
+    ) -> Placement:
+        """Store one share on a node outside ``avoid`` (or any node when all are in it)."""
+        candidates = self._candidates()
+        if not candidates:
+            raise StorageError(
+                "no storage nodes known; add peers to [network] bootstrap or start a devnet"
+            )
+        fresh = [p for p in candidates if p.public_key not in avoid]
+        ordered = fresh + [p for p in candidates if p.public_key in avoid]
+        errors = []
+        for peer in ordered:
+            try:
+                contract = await self._store_on(peer, data, now)
+            except (StorageError, PeerUnreachable) as exc:
+                errors.append(str(exc))
+                continue
+            avoid.add(peer.public_key)
+            return Placement(
+                chunk_id(data), stripe, num, peer.public_key, peer.address, contract, now
+            )
+        raise StorageError("no node accepted the share: " + "; ".join(errors[:3]))
+
+    async def _place_stripe(
+        self, stripe: int, data: bytes, now: float
+    ) -> tuple[tuple[bytes, ...], list[Placement]]:
+        shares = await asyncio.to_thread(
+            client.encode_stripe, data, self.settings.k, self.settings.n
+        )
+        # Distinct nodes for the shares of a stripe: one candidate per share, in parallel.
+        candidates = self._candidates()
+        if not candidates:
+            raise StorageError(
+                "no storage nodes known; add peers to [network] bootstrap or start a devnet"
+            )
+
+        async def one(num: int) -> Placement:
+            first = candidates[num % len(candidates)]
+            try:
+                contract = await self._store_on(first, shares[num], now)
+                return Placement(chunk_id(shares[num]), stripe, num, first.public_key,
+                                 first.address, contract, now)  # fmt: skip
+            except (StorageError, PeerUnreachable) as exc:
+                _log.info("share_placement_retry", node=first.label, error=str(exc))
+                return await self._place(shares[num], stripe, num, {first.public_key}, now)
+
+        placed = await asyncio.gather(*(one(i) for i in range(len(shares))))
+        return tuple(chunk_id(s) for s in shares), list(placed)
+
+    async def put(self, ciphertext: AsyncIterator[bytes]) -> bytes:
+        """Place a file's ciphertext; returns its record id."""
+        now = time.time()
+        stripe_size = self.settings.k * client.SHARE_SIZE
+        buf = bytearray()
+        stripes: list[tuple[int, tuple[bytes, ...]]] = []
+        placements: list[Placement] = []
+        total = 0
+
+        async def flush(data: bytes) -> None:
+            ids, placed = await self._place_stripe(len(stripes), data, now)
+            stripes.append((len(data), ids))
+            placements.extend(placed)
+
+        async for piece in ciphertext:
+            buf += piece
+            total += len(piece)
+            while len(buf) >= stripe_size:
+                await flush(bytes(buf[:stripe_size]))
+                del buf[:stripe_size]
+        if buf or not stripes:
+            await flush(bytes(buf))
+        record = client.FileRecord(total, self.settings.k, self.settings.n, tuple(stripes))
+        raw = record.encode()
+        holders: set[bytes] = set()
+        replicas = min(self.settings.n, max(1, len(self._candidates())))
+        for _ in range(replicas):
+            with contextlib.suppress(StorageError):
+                placements.append(await self._place(raw, -1, RECORD_SHARE, holders, now))
+        if not any(p.num == RECORD_SHARE for p in placements):
+            raise StorageError("no node accepted the file record")
+        pf = PlacedFile(record, placements)
+        self.files[record.id] = pf
+        await asyncio.to_thread(self._save_file, pf)
+        self.events.emit(
+            "info", "storage", f"stored a file of {total} bytes as {len(placements)} chunks",
+            record=record.id.hex()[:16],
+        )  # fmt: skip
+        return record.id
+
+    # -- fetching -------------------------------------------------------------------------
+
+    async def _fetch_from(self, peer_addr: tuple[str, int], key: bytes | None, cid: bytes) -> bytes:
+        answer = await self.dialer.request(peer_addr, wire.Fetch(cid), peer_key=key)
+        if isinstance(answer, wire.Error):
+            raise ChunkMissing(f"{peer_addr[0]}:{peer_addr[1]}: {answer.reason}")
+        if not isinstance(answer, wire.Chunk) or chunk_id(answer.data) != cid:
+            raise StorageError(f"{peer_addr[0]}:{peer_addr[1]} sent a wrong chunk")
+        if key is not None:
+            self._accrue_egress(key, peer_addr, len(answer.data))
+        return answer.data
+
+    async def _fetch_any(self, cid: bytes, hint: list[Placement]) -> bytes:
+        tried: set[tuple[str, int]] = set()
+        for p in hint:
+            addr = self._address(p.node_key, p.address)
+            tried.add(addr)
+            with contextlib.suppress(StorageError, PeerUnreachable):
+                return await self._fetch_from(addr, p.node_key, cid)
+        for peer in self.peers():
+            if peer.address in tried:
+                continue
+            with contextlib.suppress(StorageError, PeerUnreachable):
+                return await self._fetch_from(peer.address, peer.public_key, cid)
+        raise ChunkMissing(f"no reachable node has chunk {cid.hex()[:16]}…")
+
+    async def record_of(self, record_id: bytes) -> tuple[client.FileRecord, list[Placement]]:
+        pf = self.files.get(record_id)
+        if pf is not None:
+            return pf.record, pf.placements
+        raw = await self._fetch_any(record_id, [])
+        return client.FileRecord.decode(raw), []
+
+    async def get(self, record_id: bytes) -> AsyncIterator[bytes]:
+        """The file's ciphertext, stripe by stripe (any ``k`` shares of each suffice)."""
+        record, placements = await self.record_of(record_id)
+        by_chunk: dict[bytes, list[Placement]] = {}
+        for p in placements:
+            by_chunk.setdefault(p.chunk, []).append(p)
+        for size, ids in record.stripes:
+            yield await self._get_stripe(record, size, ids, by_chunk)
+
+    async def _get_stripe(
+        self, record: client.FileRecord, size: int, ids: tuple[bytes, ...],
+        by_chunk: dict[bytes, list[Placement]], skip: frozenset[int] = frozenset(),
+    ) -> bytes:  # fmt: skip
+        got: dict[int, bytes] = {}
+        usable = [i for i in range(len(ids)) if i not in skip]
+        order = sorted(usable, key=lambda i: (not by_chunk.get(ids[i]), i))
+        pending = list(order)
+        while len(got) < record.k and pending:
+            batch, pending = pending[: record.k - len(got)], pending[record.k - len(got) :]
+            results = await asyncio.gather(
+                *(self._fetch_any(ids[i], by_chunk.get(ids[i], [])) for i in batch),
+                return_exceptions=True,
+            )
+            for i, res in zip(batch, results, strict=True):
+                if isinstance(res, bytes):
+                    got[i] = res
+        if len(got) < record.k:
+            raise StorageError(
+                f"only {len(got)} of {record.k} shares of a stripe are reachable; "
+                "the file cannot be read now"
+            )
+        return await asyncio.to_thread(client.decode_stripe, got, record.k, record.n, size)
+
+    # -- audits, payments, repair ----------------------------------------------------------
+
+    def _address(self, key: bytes, fallback: tuple[str, int]) -> tuple[str, int]:
+        """Where node ``key`` is now (it may have moved since the placement was made)."""
+        for peer in self.peers():
+            if peer.public_key == key:
+                return peer.address
+        return fallback
+
+    def _channel(self, key: bytes, address: tuple[str, int]) -> Channel:
+        ch = self.channels.setdefault(key, Channel())
+        ch.address = address
+        return ch
+
+    def _accrue_egress(self, key: bytes, address: tuple[str, int], nbytes: int) -> None:
+        units = self.settings.egress_price_per_gib * UNITS_PER_BCT * nbytes / GIB
+        self._channel(key, address).egress += math.ceil(units)
+
+    async def audit_one(self, p: Placement) -> audit.AuditResult:
+        now = time.time()
+        nonce = os.urandom(audit.NONCE_LEN)
+        ch = self.auditor.challenge(p.contract, nonce, now)
+        result: audit.AuditResult | None
+        try:
+            p.address = self._address(p.node_key, p.address)
+            answer = await self.dialer.request(
+                p.address, wire.ChallengeMsg(ch), peer_key=p.node_key,
+                timeout=self.settings.audit_deadline,
+            )  # fmt: skip
+        except PeerUnreachable:
+            result = self.auditor.unreachable(nonce)
+        else:
+            if isinstance(answer, wire.Proof):
+                try:
+                    result = self.auditor.receive(answer.response, time.time())
+                except ProofError as exc:
+                    result = self.auditor.refused(nonce, str(exc))
+            elif isinstance(answer, wire.Error) and answer.code is wire.ErrorCode.UNAVAILABLE:
+                result = self.auditor.unreachable(nonce)
+            else:
+                reason = answer.reason if isinstance(answer, wire.Error) else "unexpected answer"
+                result = self.auditor.refused(nonce, reason)
+        assert result is not None
+        now = time.time()
+        self.stats["audits"] += 1
+        rep = self.reputation.record(p.node_key, result.outcome, now)
+        if result.outcome is audit.Outcome.SUCCESS:
+            p.offline_since = None
+            c = p.contract
+            span = max(0.0, min(now, c.end) - p.paid_until)
+            owed = math.ceil(c.price * span / max(1, c.end - c.start))
+            self._channel(p.node_key, p.address).storage += owed
+            p.paid_until = max(p.paid_until, min(now, c.end))
+        elif result.outcome is audit.Outcome.FAIL:
+            self.stats["audit_failures"] += 1
+            p.lost = True
+            _log.info("audit_failed", node=p.address, reason=result.reason)
+        elif p.offline_since is None:
+            p.offline_since = now
+        if result.outcome is not audit.Outcome.OFFLINE:
+            with contextlib.suppress(StorageError, PeerUnreachable):
+                await self.dialer.request(
+                    p.address, wire.Verdict(nonce, result.outcome), peer_key=p.node_key,
+                    timeout=5.0,
+                )  # fmt: skip
+        if rep.disqualified:
+            p.lost = True
+        return result
+
+    async def audit_round(self, limit: int = 32) -> list[audit.AuditResult]:
+        """Audit up to ``limit`` random live placements, a few at a time."""
+        live = [p for pf in self.files.values() for p in pf.placements if not p.lost]
+        picked = random.sample(live, min(limit, len(live)))
+        results = []
+        for i in range(0, len(picked), 8):
+            results += await asyncio.gather(*(self.audit_one(p) for p in picked[i : i + 8]))
+        for pf in self.files.values():
+            if any(p in picked for p in pf.placements):
+                await asyncio.to_thread(self._save_file, pf)
+        return results
+
+    async def pay_round(self) -> int:
+        """Send a voucher on every channel that owes more than its last voucher said."""
+        now = int(time.time())
+        due = []
+        for key, ch in self.channels.items():
+            if ch.address is None:
+                continue
+            if ch.seq == ch.sent_seq and ch.seq != 0:
+                continue
+            ch.seq += 1
+            due.append((key, ch))
+        if not due:
+            return 0
+        await asyncio.to_thread(self._save_channels)
+        sent = 0
+        for key, ch in due:
+            v = Voucher(
+                self.ident.public_key, identity.node_id_of(key), ch.seq, now,
+                ch.storage, ch.egress, ch.relay,
+            ).signed(self.ident)  # fmt: skip
+            assert ch.address is not None
+            ch.address = self._address(key, ch.address)
+            try:
+                answer = await self.dialer.request(ch.address, wire.VoucherMsg(v), peer_key=key)
+            except PeerUnreachable:
+                continue
+            if isinstance(answer, wire.Ok):
+                ch.sent_seq = ch.seq
+                sent += 1
+        self.stats["vouchers"] += sent
+        await asyncio.to_thread(self._save_channels)
+        return sent
+
+    def _needs_repair(self, p: Placement, now: float) -> bool:
+        rep = self.reputation.nodes.get(p.node_key)
+        if p.lost or (rep is not None and rep.disqualified):
+            return True
+        return (
+            p.offline_since is not None
+            and now - p.offline_since > self.settings.repair_after_offline
+        )
+
+    async def repair_round(self) -> int:
+        """Re-create lost shares (and record replicas) on other nodes; returns how many."""
+        now = time.time()
+        repaired = 0
+        for pf in list(self.files.values()):
+            bad = [p for p in pf.placements if self._needs_repair(p, now)]
+            if not bad:
+                continue
+            for p in bad:
+                try:
+                    data = await self._rebuild_share(pf, p)
+                    holders = {
+                        q.node_key for q in pf.placements
+                        if q.stripe == p.stripe and not self._needs_repair(q, now)
+                    }  # fmt: skip
+                    new = await self._place(data, p.stripe, p.num, holders, now)
+                except (StorageError, PeerUnreachable) as exc:
+                    _log.info("repair_failed", chunk=p.chunk.hex()[:16], error=str(exc))
+                    continue
+                pf.placements[pf.placements.index(p)] = new
+                repaired += 1
+                self.events.emit(
+                    "info", "storage",
+                    f"repaired a lost share on {new.address[0]}:{new.address[1]}",
+                    chunk=p.chunk.hex()[:16],
+                )  # fmt: skip
+            await asyncio.to_thread(self._save_file, pf)
+        self.stats["repairs"] += repaired
+        return repaired
+
+    async def _rebuild_share(self, pf: PlacedFile, p: Placement) -> bytes:
+        others = [q for q in pf.placements if q is not p and not q.lost]
+        if p.num == RECORD_SHARE:
+            return pf.record.encode()
+        size, ids = pf.record.stripes[p.stripe]
+        by_chunk: dict[bytes, list[Placement]] = {}
+        for q in others:
+            by_chunk.setdefault(q.chunk, []).append(q)
+        missing_id = ids[p.num]
+        stripe = await self._get_stripe(pf.record, size, ids, by_chunk, frozenset([p.num]))
+        shares = await asyncio.to_thread(client.encode_stripe, stripe, pf.record.k, pf.record.n)
+        data = shares[p.num]
+        if chunk_id(data) != missing_id:
+            raise StorageError("re-encoded share does not match its id")
+        return data
+
+    def knows_chunk(self, cid: bytes) -> bool:
+        return any(p.chunk == cid for pf in self.files.values() for p in pf.placements)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "files": len(self.files),
+            "placements": sum(len(pf.placements) for pf in self.files.values()),
+            **self.stats,
+        }

@@ -1,0 +1,116 @@
+"""Background work on the stored chunks, at idle I/O priority: scrub, garbage collection.
+
+Both run in worker threads that lower their own I/O priority to the idle class first, so a
+scrub or an index rebuild never competes with uploads, downloads or audit answers for the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+
+from node import log
+from node.storage_agent import index
+from node.storage_agent.errors import ChunkMissing, StorageError
+from node.storage_agent.provider import Provider
+from node.storage_agent.store import chunk_id
+
+_log = log.get_logger(__name__)
+DAMAGED_DIR = "damaged"
+
+
+def idle_io_priority() -> None:
+    """Put the calling thread in the idle I/O scheduling class (Linux; best effort)."""
+    with contextlib.suppress(psutil.Error, OSError, AttributeError):
+        psutil.Process(threading.get_native_id()).ionice(psutil.IOPRIO_CLASS_IDLE)
+
+
+@dataclass
+class ScrubStats:
+    scrubbed: int = 0
+    bytes: int = 0
+    damaged: int = 0
+    last_pass: float = 0.0
+    collected: int = field(default=0)
+
+
+def scrub_batch(
+    provider: Provider,
+    max_age: float,
+    limit: int,
+    on_damaged: Callable[[bytes], None],
+    stats: ScrubStats,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Re-hash up to ``limit`` chunks not scrubbed for ``max_age`` seconds; returns how many.
+
+    A chunk whose bytes no longer hash to its id is moved to ``damaged/`` (kept for
+    inspection, never served), dropped from the index and reported through ``on_damaged``.
+    """
+    idle_io_priority()
+    now = time.time()
+    with provider.lock:
+        batch = index.scrub_batch(provider.db, now - max_age, limit)
+    done = 0
+    for hex_id, _size in batch:
+        if should_stop() or provider.disk_problem():
+            break
+        cid = bytes.fromhex(hex_id)
+        try:
+            data: bytes | None = provider.store.read(cid)
+        except ChunkMissing:
+            data = None
+        except (StorageError, OSError):
+            continue
+        damaged = data is None or chunk_id(data) != cid
+        stats.scrubbed += 1
+        stats.bytes += len(data or b"")
+        done += 1
+        if damaged:
+            stats.damaged += 1
+            quarantine(provider, cid)
+            with provider.lock, provider.db.conn:
+                index.remove_chunk(provider.db, hex_id)
+            _log.warning("chunk_damaged", chunk=hex_id[:16], missing=data is None)
+            on_damaged(cid)
+        else:
+            with provider.lock, provider.db.conn:
+                index.mark_scrubbed(provider.db, hex_id, now, False)
+    stats.last_pass = now
+    return done
+
+
+def quarantine(provider: Provider, cid: bytes) -> None:
+    src = provider.store.path_of(cid)
+    dst_dir = provider.store.root / DAMAGED_DIR
+    with contextlib.suppress(OSError):
+        dst_dir.mkdir(mode=0o700, exist_ok=True)
+        os.replace(src, dst_dir / cid.hex())
+
+
+def collect_garbage(provider: Provider, now: float, orphan_grace: float) -> int:
+    """Drop expired contracts and chunks no contract holds any more; returns files removed."""
+    removed = 0
+    with provider.lock:
+        ended = index.expired(provider.db, now)
+    for contract_hex, _chunk_hex in ended:
+        provider.store.delete_contract(bytes.fromhex(contract_hex))
+        with provider.lock, provider.db.conn:
+            index.remove_contract(provider.db, contract_hex)
+        removed += 1
+    with provider.lock:
+        lonely = index.orphans(provider.db, now - orphan_grace)
+    for chunk_hex in lonely:
+        provider.store.delete(bytes.fromhex(chunk_hex))
+        with provider.lock, provider.db.conn:
+            index.remove_chunk(provider.db, chunk_hex)
+        removed += 1
+    if removed:
+        _log.info("storage_gc", removed=removed)
+    return removed

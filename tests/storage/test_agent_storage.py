@@ -1,0 +1,106 @@
+"""A real agent process storing files on itself: put/get, restart, lost or corrupt state.db."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node.cli import fetch_json
+from tests.storage.conftest import fast_config
+from tests.support import RunningAgent, start_agent
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def status(agent: RunningAgent) -> dict[str, Any]:
+    doc: dict[str, Any] = fetch_json(agent.web.rstrip("/") + "/api/status")
+    return doc["services"]["storage"]
+
+
+def wait_for(what: str, cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.2)
+
+
+def put(agent: RunningAgent, path: Path) -> str:
+    res = cli("put", str(path), "--data-dir", str(agent.data_dir))
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def get(agent: RunningAgent, file_id: str, out: Path) -> subprocess.CompletedProcess[str]:
+    return cli("get", file_id, "-o", str(out), "--data-dir", str(agent.data_dir))
+
+
+def test_put_get_audit_pay_and_rebuild_after_corrupt_state_db(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    fast_config(data_dir)
+    src = tmp_path / "in.bin"
+    src.write_bytes(os.urandom(5 * 1024 * 1024 + 123))
+    agent = start_agent(data_dir)
+    try:
+        wait_for("peers", lambda: status(agent)["peers"] >= 1)
+        file_id = put(agent, src)
+        assert len(file_id) == 103
+        res = get(agent, file_id, tmp_path / "out.bin")
+        assert res.returncode == 0, res.stderr
+        assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
+        wait_for("an audit", lambda: status(agent)["audits"] >= 4)
+        wait_for("a voucher", lambda: status(agent)["vouchers"] >= 1)
+        before = status(agent)
+        earned = fetch_json(agent.web.rstrip("/") + "/api/status")
+        assert before["audit_failures"] == 0
+    finally:
+        agent.stop()
+    assert earned
+    chunks = before["chunks"]
+    assert chunks == 2 * 8 + 1  # two stripes of 8 shares, plus the file record
+
+    # A wrong key fails cleanly and leaves no file behind.
+    agent = start_agent(data_dir)
+    try:
+        wrong = file_id[:60] + ("a" if file_id[60] != "a" else "b") + file_id[61:]
+        res = get(agent, wrong, tmp_path / "bad.bin")
+        assert res.returncode == 1 and "authentication" in res.stderr
+        assert not list(tmp_path.glob("*bad.bin*"))
+    finally:
+        agent.stop()
+
+    (data_dir / "state.db").write_bytes(b"garbage" * 1000)
+    for extra in ("state.db-wal", "state.db-shm"):
+        (data_dir / extra).unlink(missing_ok=True)
+    agent = start_agent(data_dir)
+    try:
+        wait_for("index rebuild", lambda: status(agent)["chunks"] == chunks)
+        assert list(data_dir.glob("state.db.corrupt-*"))
+        res = get(agent, file_id, tmp_path / "again.bin")
+        assert res.returncode == 0, res.stderr
+        assert (tmp_path / "again.bin").read_bytes() == src.read_bytes()
+        audits = status(agent)["audits"]
+        wait_for("audits after rebuild", lambda: status(agent)["audits"] >= audits + 4)
+        assert status(agent)["audit_failures"] == 0
+        earnings = fetch_json(agent.web.rstrip("/") + "/api/earnings")
+        assert earnings.get("all_time", 0) > 0 or earnings.get("available") is False
+        export = json.loads(
+            subprocess.run(
+                ["curl", "-s", agent.web.rstrip("/") + "/api/storage/export"],
+                capture_output=True, text=True, check=True,
+            ).stdout
+        )  # fmt: skip
+        assert export["vouchers"] and export["vouchers"][0]["total_bct"] > 0
+    finally:
+        agent.stop()

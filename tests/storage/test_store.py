@@ -1,0 +1,83 @@
+"""The chunk store on real files: layout, idempotence, verification file, index rebuild."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from node import state
+from node.identity import Identity
+from node.storage_agent import index
+from node.storage_agent.errors import ChunkCorrupt, ChunkMissing
+from node.storage_agent.store import ChunkStore, DiskProblem, chunk_id
+
+NODE = Identity.from_seed(b"s" * 32)
+
+
+def make(root: Path) -> ChunkStore:
+    store = ChunkStore(root, NODE.node_id_text)
+    store.initialise(expect_existing=False)
+    return store
+
+
+def test_put_read_layout(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    data = os.urandom(10_000)
+    cid = store.put(data)
+    h = cid.hex()
+    assert (tmp_path / "chunks" / h[:2] / h[2:4] / h).read_bytes() == data
+    assert store.put(data) == cid
+    assert store.read_verified(cid) == data
+    assert list(store.scan()) == [(cid, len(data))]
+    assert list((tmp_path / "chunks" / ".tmp").iterdir()) == []
+    with pytest.raises(ChunkCorrupt):
+        store.put(data, expected=chunk_id(b"other"))
+    with pytest.raises(ChunkMissing):
+        store.read(chunk_id(b"absent"))
+
+
+def test_leftover_temp_files_are_removed_and_never_listed(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    (store.tmp / "half-written").write_bytes(b"x" * 100)
+    assert list(store.scan()) == []
+    store.initialise(expect_existing=True)
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_verification_file_catches_missing_and_swapped_disks(tmp_path: Path) -> None:
+    store = make(tmp_path / "disk")
+    assert store.disk_problem() is None
+    other = ChunkStore(tmp_path / "disk", Identity.from_seed(b"z" * 32).node_id_text)
+    assert "another node" in (other.disk_problem() or "")
+    with pytest.raises(DiskProblem, match="another node"):
+        other.initialise(expect_existing=False)
+    empty = ChunkStore(tmp_path / "mountpoint", NODE.node_id_text)
+    (tmp_path / "mountpoint").mkdir()
+    with pytest.raises(DiskProblem, match="missing"):
+        empty.initialise(expect_existing=True)
+    assert not (tmp_path / "mountpoint" / "storage-id").exists()
+
+
+def test_chunks_without_verification_file_are_not_taken_over(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    store.put(b"data")
+    (tmp_path / "storage-id").unlink()
+    with pytest.raises(DiskProblem, match="holds chunks"):
+        ChunkStore(tmp_path, NODE.node_id_text).initialise(expect_existing=False)
+
+
+def test_index_rebuild_from_files_marks_damage(tmp_path: Path) -> None:
+    store = make(tmp_path / "disk")
+    ids = [store.put(os.urandom(5000)) for _ in range(20)]
+    bad = store.path_of(ids[3])
+    raw = bytearray(bad.read_bytes())
+    raw[100] ^= 1
+    bad.write_bytes(bytes(raw))
+    db = state.open_state(tmp_path / "state.db")
+    index.setup(db)
+    counts = index.rebuild(db, store)
+    assert counts["chunks"] == 20 and counts["damaged"] == 1
+    assert index.totals(db) == (20, 20 * 5000)
+    assert index.get_meta(db, index.INDEX_COMPLETE) is not None
