@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -187,8 +187,6 @@ def board(
     clock: Clock, secure_ble: bool = True, platform: str = "esp32"
 ) -> Iterator[dict[str, Any]]:
     """Install machine, network, bluetooth, aioble and ticks_* for the firmware's app module."""
-    import time
-
     install_micropython()
     WDT.created.clear()
     WLAN.instances.clear()
@@ -204,12 +202,7 @@ def board(
     bluetooth.UUID = UUID  # type: ignore[attr-defined]
     aioble = Aioble(secure_ble)
     saved = {n: sys.modules.get(n) for n in ("machine", "network", "bluetooth", "aioble")}
-    patched: dict[str, Callable[..., int]] = {
-        "ticks_ms": clock.ticks_ms, "ticks_diff": ticks_diff, "ticks_add": ticks_add,
-    }  # fmt: skip
     sys.modules.update(machine=machine, network=network, bluetooth=bluetooth, aioble=aioble)
-    for name, fn in patched.items():
-        setattr(time, name, fn)
     added_flag = not hasattr(asyncio, "ThreadSafeFlag")
     if added_flag:
         asyncio.ThreadSafeFlag = asyncio.Event  # type: ignore[attr-defined]
@@ -219,8 +212,6 @@ def board(
     try:
         yield {"machine": machine, "aioble": aioble, "resets": resets, "platform": platform}
     finally:
-        for name in patched:
-            delattr(time, name)
         if added_flag:
             del asyncio.ThreadSafeFlag  # type: ignore[attr-defined]
         for n, m in saved.items():

@@ -5,11 +5,10 @@
 # within budget. gc.collect() runs every GC_MS and whenever free heap drops under GC_LOW.
 import gc
 import sys
-import time
 
 import machine
 import network
-from brelay import cfg, led, log, prov, relay
+from brelay import cfg, led, log, prov, relay, ticks
 from brelay.net import Net
 from micropython import const
 
@@ -50,14 +49,14 @@ class Wifi:
             self.was_up = True
             return True
         self.was_up = False
-        if self.ssid and time.ticks_diff(now, self.next) >= 0:
+        if self.ssid and ticks.diff(now, self.next) >= 0:
             log.info("wifi connecting to", self.ssid)
             self.wlan.active(True)
             try:
                 self.wlan.connect(self.ssid, self.psk)
             except OSError as e:
                 log.error("wifi connect failed", e)
-            self.next = time.ticks_add(now, self.backoff)
+            self.next = ticks.add(now, self.backoff)
             self.backoff = min(self.backoff * 2, _WIFI_MAX_MS)
         return False
 
@@ -150,15 +149,15 @@ class App:
         return led.CONNECTING
 
     def memory(self, now):
-        if time.ticks_diff(now, self.gc_ms) >= GC_MS or gc.mem_free() < GC_LOW:
+        if ticks.diff(now, self.gc_ms) >= GC_MS or gc.mem_free() < GC_LOW:
             gc.collect()
             self.gc_ms = now
 
     def watchdog(self, now):
-        healthy = time.ticks_diff(now, self.last_ms) < _LOOP_BUDGET_MS
+        healthy = ticks.diff(now, self.last_ms) < _LOOP_BUDGET_MS
         self.last_ms = now
         if self.wdt is None:
-            if time.ticks_diff(now, self.boot_ms) >= GRACE_MS:
+            if ticks.diff(now, self.boot_ms) >= GRACE_MS:
                 self.wdt = machine.WDT(timeout=WDT_MS)
                 log.info("watchdog armed")
         elif healthy:
@@ -169,7 +168,7 @@ async def _loop(app):
     import asyncio
 
     while not app.restart:
-        now = time.ticks_ms()
+        now = ticks.ms()
         try:
             done = app.turn(now)
             app.error = False
@@ -194,9 +193,9 @@ def main():
         except ImportError as e:
             log.error("no BLE on this board:", e)
             return None
-        return BleServices(app.prov, app.on_config, app.to_box, time.ticks_ms)
+        return BleServices(app.prov, app.on_config, app.to_box, ticks.ms)
 
-    app = App(c, pin, button, time.ticks_ms(), make_ble)
+    app = App(c, pin, button, ticks.ms(), make_ble)
 
     async def both():
         if app.ble is not None:

@@ -1,4 +1,6 @@
 # Status LED patterns on a machine.Pin: durations in ms, alternating on/off, starting on.
+from brelay import ticks
+
 PAIRING = (100, 100)
 CONNECTING = (500, 500)
 RELAYING = (1900, 100)
@@ -27,8 +29,12 @@ class Led:
     def tick(self, now):
         """Advance the pattern; call often (every main-loop turn)."""
         p = self.pattern
-        while ((now - self.since) & 0x3FFFFFFF) >= p[self.i]:
-            self.since = (self.since + p[self.i]) & 0x3FFFFFFF
+        if ticks.diff(now, self.since) > 60000:
+            # Long stall (or first tick): restart the pattern instead of replaying it.
+            self.since = now
+            self.i = 0
+        while ticks.diff(now, self.since) >= p[self.i]:
+            self.since = ticks.add(self.since, p[self.i])
             self.i = (self.i + 1) % len(p)
         self._apply()
 

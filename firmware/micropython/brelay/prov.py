@@ -10,9 +10,8 @@
 # writes are accepted only in pairing mode (first boot or a button press), for a limited time,
 # and a few bad tags end pairing mode.
 import json
-import os
 
-from brelay import cfg
+from brelay import cfg, rand, ticks
 from brelay.hmac import Hmac, equal, hmac_sha256
 from micropython import const
 
@@ -35,8 +34,12 @@ ERR_FORMAT = const(3)
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
+class AuthError(ValueError):
+    pass
+
+
 def new_setup_code():
-    r = os.urandom(16)
+    r = rand.urandom(16)
     return "".join(ALPHABET[b & 31] for b in r)
 
 
@@ -79,7 +82,7 @@ def unseal(code_keys, nonce_d, msg):
     ct = bytes(msg[_NONCE : len(msg) - _TAG])
     tag = Hmac(mac).digest(nonce_d, nonce_c, ct)[:_TAG]
     if not equal(tag, msg[len(msg) - _TAG :]):
-        raise PermissionError("bad tag")
+        raise AuthError("bad tag")
     return bytes(_xor(enc, nonce_d, nonce_c, ct))
 
 
@@ -119,19 +122,19 @@ class Provisioner:
         self.result = OK
         self.until = 0
         self.bad = 0
-        self.nonce = os.urandom(_NONCE)
+        self.nonce = rand.urandom(_NONCE)
         if pairing:
             self.press(now)
 
     def press(self, now):
         """Button press (or first boot): accept provisioning writes for PAIR_MS."""
         self.state = PAIRING
-        self.until = now + PAIR_MS
+        self.until = ticks.add(now, PAIR_MS)
         self.bad = 0
-        self.nonce = os.urandom(_NONCE)
+        self.nonce = rand.urandom(_NONCE)
 
     def tick(self, now):
-        if self.state == PAIRING and _diff(now, self.until) > 0:
+        if self.state == PAIRING and ticks.diff(now, self.until) > 0:
             self.state = IDLE
 
     def status(self):
@@ -148,14 +151,14 @@ class Provisioner:
             return None
         try:
             plain = unseal(self.keys, self.nonce, msg)
-        except (ValueError, PermissionError):
+        except ValueError:
             self.bad += 1
             self.result = ERR_AUTH
             if self.bad >= _MAX_BAD:
                 self.state = LOCKED
             return None
         # The nonce is spent whatever the request says.
-        self.nonce = os.urandom(_NONCE)
+        self.nonce = rand.urandom(_NONCE)
         try:
             fields = parse_request(plain)
         except ValueError:
@@ -164,7 +167,3 @@ class Provisioner:
         self.state = DONE
         self.result = OK
         return fields
-
-
-def _diff(a, b):
-    return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000

@@ -9,9 +9,7 @@
 # with readinto into one preallocated buffer and written to the other leg unchanged: the payload
 # is never parsed nor kept. Byte and packet quotas and idle expiry end an allocation (ALLOC_END).
 # Sockets come from a factory (brelay.net), so the same engine runs on a board and under CPython.
-import os
-
-from brelay import log, wire
+from brelay import log, rand, ticks, wire
 from brelay.hmac import Hmac
 from micropython import const
 
@@ -118,29 +116,31 @@ class Relay:
         if self.state == OFFLINE:
             return
         if self.state == REGISTERING:
-            if _diff(now, self.next_ms) >= 0:
+            if ticks.diff(now, self.next_ms) >= 0:
                 self._hello()
                 jitter = _rand16() % (self.backoff_ms // 4 + 1)
-                self.next_ms = now + self.backoff_ms + jitter
+                self.next_ms = ticks.add(now, self.backoff_ms + jitter)
                 self.backoff_ms = min(self.backoff_ms * 2, _REG_MAX_MS)
         elif self.state == RUNNING:
-            if _diff(now, self.last_ack_ms) > _MISSES * self.keepalive_ms:
+            if ticks.diff(now, self.last_ack_ms) > _MISSES * self.keepalive_ms:
                 log.info("box silent, registering again")
                 self.state = REGISTERING
                 self.backoff_ms = _REG_MIN_MS
                 self.next_ms = now
-            elif _diff(now, self.next_ms) >= 0:
+            elif ticks.diff(now, self.next_ms) >= 0:
                 self._heartbeat(now)
-                self.next_ms = now + self.keepalive_ms
-        for s in self.slots:
-            if s.used and _diff(now, s.last_ms) > s.idle_ms:
+                self.next_ms = ticks.add(now, self.keepalive_ms)
+        slots = self.slots
+        for i in range(MAX_SLOTS):
+            s = slots[i]
+            if s.used and ticks.diff(now, s.last_ms) > s.idle_ms:
                 self._end(s, wire.END_IDLE, True)
 
     def next_deadline(self, now):
         """Milliseconds until step() has work."""
         if self.state == OFFLINE:
             return 1000
-        return max(0, _diff(self.next_ms, now))
+        return max(0, ticks.diff(self.next_ms, now))
 
     # -- I/O -------------------------------------------------------------------------------
 
@@ -160,7 +160,9 @@ class Relay:
                 self._control(memoryview(self.cbuf)[:n], now)
                 k += 1
             done += k
-        for s in self.slots:
+        slots = self.slots
+        for i in range(MAX_SLOTS):
+            s = slots[i]
             if s.used:
                 done += self._drain(s, 0, now)
                 if s.used:
@@ -237,7 +239,7 @@ class Relay:
             log.debug("control send failed", e)
 
     def _hello(self):
-        self.challenge = os.urandom(8)
+        self.challenge = rand.urandom(8)
         self.registrations += 1
         heap = self.heap() if self.heap else 0
         self._send(wire.HELLO, self.challenge, 1, heap, self.port_base, MAX_SLOTS)
@@ -245,7 +247,7 @@ class Relay:
     def _heartbeat(self, now):
         heap = self.heap() if self.heap else 0
         used = sum(1 for s in self.slots if s.used)
-        up = _diff(now, self.started_ms) // 1000
+        up = ticks.diff(now, self.started_ms) // 1000
         self._send(wire.HEARTBEAT, heap, up, used, self.fwd_pkts, self.fwd_bytes, self.drops)
         # Counters are sent as deltas so they stay small integers (no heap on the device).
         self.fwd_pkts = 0
@@ -278,7 +280,7 @@ class Relay:
             self.state = RUNNING
             self.backoff_ms = _REG_MIN_MS
             self.last_ack_ms = now
-            self.next_ms = now + self.keepalive_ms
+            self.next_ms = ticks.add(now, self.keepalive_ms)
             log.info("registered with home box")
             return
         if self.state != RUNNING or not self.window.accept(counter):
@@ -353,11 +355,6 @@ class Relay:
         return sum(1 for s in self.slots if s.used)
 
 
-def _diff(a, b):
-    # Difference of two ticks_ms values, correct across wrap-around.
-    return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
-
-
 def _rand16():
-    r = os.urandom(2)
+    r = rand.urandom(2)
     return (r[0] << 8) | r[1]
