@@ -47,6 +47,7 @@ GC_INTERVAL = 60.0
 SCRUB_TICK = 5.0
 SCRUB_BATCH = 32
 PEER_REFRESH = 30.0
+PEER_REFRESH_FAST = 2.0
 REPAIR_INTERVAL = 30.0
 LIMIT_REASON = "disk"
 PAUSE_REASON = "storage_paused"
@@ -304,9 +305,12 @@ class StorageService:
                     p.lost = True
 
     async def _peer_loop(self) -> None:
+        began = time.monotonic()
         while True:
             await self.refresh_peers()
-            await asyncio.sleep(PEER_REFRESH)
+            # Ask often while the network comes up together, then settle down.
+            fast = time.monotonic() - began < PEER_REFRESH
+            await asyncio.sleep(PEER_REFRESH_FAST if fast else PEER_REFRESH)
 
     def _peer_addresses(self) -> list[tuple[str, int]]:
         out = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import replace
@@ -108,9 +109,7 @@ def test_lossy_node_fails_at_the_predicted_rate() -> None:
     lost = set(rng.sample(range(count), count // 10))
     f = len(lost) / count
     # The node answers lost segments with zeros (it has nothing better).
-    damaged = b"".join(
-        bytes(4096) if i in lost else merkle.segment(data, i) for i in range(count)
-    )
+    damaged = b"".join(bytes(4096) if i in lost else merkle.segment(data, i) for i in range(count))
     tree = merkle.levels(data)
     samples = 8
     auditor = Auditor(samples=samples)
@@ -130,23 +129,17 @@ def test_lossy_node_fails_at_the_predicted_rate() -> None:
 
 @given(st.binary(max_size=300))
 def test_challenge_parser_never_crashes(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ProtocolError):
         Challenge.decode(data)
-    except ProtocolError:
-        pass
 
 
 @given(st.binary(max_size=2000))
 def test_response_parser_never_crashes(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ProtocolError):
         Response.decode(data)
-    except ProtocolError:
-        pass
 
 
 @given(st.binary(max_size=600))
 def test_contract_parser_never_crashes(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ProtocolError):
         Contract.decode(data)
-    except ProtocolError:
-        pass
