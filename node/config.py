@@ -89,6 +89,20 @@ class NetworkSection:
         (), "Peers to join the network through, as HOST:PORT.", kind="hostport"
     )
     max_sessions: int = setting(1024, "Most concurrent peer sessions.", min=1, max=65536)
+    congestion: str = setting(
+        "tolerant",
+        "Congestion control of the transport: the loss-tolerant controller or NewReno.",
+        choices=("tolerant", "newreno"),
+    )
+    idle_timeout_s: float = setting(
+        60.0, "Seconds without a packet from a peer before its session is dropped.", min=5, max=3600
+    )
+    keepalive_s: float = setting(
+        20.0,
+        "Seconds of silence after which a session sends a keepalive (holds NAT bindings open).",
+        min=1,
+        max=600,
+    )
 
 
 @dataclass(frozen=True)

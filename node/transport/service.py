@@ -1,14 +1,20 @@
-"""The agent's UDP endpoint on ``--listen``."""
+"""The agent's transport service: the UDP endpoint on ``--listen``.
+
+Other services reach the endpoint as ``ctx.services["transport"].endpoint`` (register stream
+handlers with ``set_handler`` before or after start; ``connect`` once started). ``status()``
+goes to ``/api/status`` and ``network()`` feeds the dashboard's network panel.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import TYPE_CHECKING, Any
 
 from node import log
 from node.config import parse_hostport
 from node.errors import NodeError
+from node.transport.connection import TransportConfig
+from node.transport.endpoint import Connection, Endpoint
 
 if TYPE_CHECKING:
     from node.agent import AgentContext
@@ -16,49 +22,97 @@ if TYPE_CHECKING:
 _log = log.get_logger(__name__)
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, service: TransportService) -> None:
-        self.service = service
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.service.counters["datagrams_in"] += 1
-        self.service.counters["bytes_in"] += len(data)
+def transport_config(ctx: AgentContext) -> TransportConfig:
+    net = ctx.config.network
+    return TransportConfig(
+        idle_timeout=net.idle_timeout_s,
+        keepalive_interval=net.keepalive_s,
+        congestion=net.congestion,
+    )
 
 
 class TransportService:
-    """Owns the node's UDP socket."""
+    """Owns the node's UDP socket and every encrypted session on it."""
 
     name = "transport"
 
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
-        self.counters = {"datagrams_in": 0, "bytes_in": 0}
-        self._transport: asyncio.DatagramTransport | None = None
+        self.endpoint = Endpoint(
+            ctx.identity,
+            config=transport_config(ctx),
+            max_sessions=ctx.config.network.max_sessions,
+        )
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> None:
-        if self._transport is not None:
+        if self.address is not None:
             return
         host, port = parse_hostport(self.ctx.config.network.listen)
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Protocol(self), local_addr=(host, port), family=family
-            )
+            await self.endpoint.bind(host, port)
         except OSError as exc:
             raise NodeError(
                 f"cannot listen on UDP {host}:{port}: {exc.strerror}; "
                 "choose another address with --listen or [network] listen"
             ) from exc
-        self._transport = transport
-        sockname = transport.get_extra_info("sockname")
-        self.address = (sockname[0], sockname[1])
+        self.address = self.endpoint.local_address
         self.ctx.urls["listen"] = f"{self.address[0]}:{self.address[1]}"
         _log.info("udp_listening", address=self.ctx.urls["listen"])
 
     async def run(self) -> None:
-        await asyncio.Event().wait()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.endpoint.close()
+            self.address = None
+
+    def _path_of(self, conn: Connection) -> str:
+        nat = self.ctx.services.get("nat")
+        path_of = getattr(nat, "path_of", None)
+        if callable(path_of):
+            kind = path_of(conn)
+            if kind in ("direct", "port-mapped", "relayed"):
+                return str(kind)
+        return "direct"
+
+    def _nat_info(self) -> dict[str, str | None]:
+        info: dict[str, str | None] = {"class": None, "public_address": None, "port_mapping": None}
+        nat = self.ctx.services.get("nat")
+        nat_info = getattr(nat, "nat_info", None)
+        if callable(nat_info):
+            got = nat_info()
+            if isinstance(got, dict):
+                for key in info:
+                    value = got.get(key)
+                    info[key] = None if value is None else str(value)
+        return info
+
+    def _counter(self, key: str) -> int:
+        return int(self.endpoint.core.counters.get(key, 0))
+
+    def network(self) -> dict[str, Any]:
+        """The dashboard's view of the node's network (shape fixed with the web service)."""
+        peers = []
+        for conn in self.endpoint.connections:
+            rtt = conn.rtt
+            addr = conn.remote_address
+            peers.append(
+                {
+                    "node_id": conn.peer_id.hex(),
+                    "address": f"{addr[0]}:{addr[1]}",
+                    "path": self._path_of(conn),
+                    "rtt_ms": round(rtt * 1000, 2) if rtt is not None else None,
+                }
+            )
+        return {
+            "listen": self.ctx.urls.get("listen", ""),
+            "sessions": len(peers),
+            "peers": peers,
+            "nat": self._nat_info(),
+            "bytes_in": self._counter("bytes_in"),
+            "bytes_out": self.endpoint.counters["bytes_out"],
+        }
 
     def status(self) -> dict[str, Any]:
-        return {"listen": self.ctx.urls.get("listen"), **self.counters}
+        return {"listen": self.ctx.urls.get("listen"), **self.endpoint.status()}

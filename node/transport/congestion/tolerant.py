@@ -1,0 +1,242 @@
+"""The loss-tolerant controller: Reno probing, Westwood bandwidth, Vegas early detection.
+
+Theory of operation. Wireless and home links drop packets for reasons unrelated to queues, so
+a loss alone is weak evidence of congestion; a growing queue is strong evidence, and it shows
+as RTT above the path's minimum. Once per round trip the controller computes the Vegas
+difference
+
+    diff = min_rtt * (cwnd / min_rtt - cwnd / rtt)        (bytes this flow keeps queued)
+
+with ``rtt`` the smallest sample of the round, and compares it with fractions of the
+bandwidth-delay product estimated Westwood-style (``bw`` from the rate of acknowledged bytes,
+low-pass filtered, times ``min_rtt``):
+
+    diff < ALPHA * bdp          probe: slow start doubles, congestion avoidance adds one
+                                datagram per round (Reno)
+    ALPHA..BETA * bdp           saturated: hold the window; probe again after a few rounds
+    diff > BETA * bdp           early congestion: set the window to the estimated bdp
+
+Losses are classified: with a delay signal present (diff above ALPHA) a loss is congestion
+and the window drops to the estimated bdp (never below half, never more than once per round);
+without one, the loss counts towards a loss-rate estimate that is recomputed every
+``LOSS_SAMPLE_ACKS`` ACKs. A round whose loss rate is far above that estimate is congestion
+on a path too shallow to build a queue, and backs off by a factor that is gentler the higher
+the usual random loss rate is. Random loss at the usual rate does not touch the window.
+Sending is paced at a gain over ``cwnd / min_rtt``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from node.transport.congestion.base import CongestionControl, register_congestion_control
+
+ALPHA = 0.05  # queued fraction of the bdp below which the window grows
+BETA = 0.15  # queued fraction of the bdp above which the window is cut to the bdp
+LOSS_SAMPLE_ACKS = 100  # ACKs per loss-rate estimate
+BW_FILTER = 0.25  # weight of a new bandwidth sample (Westwood+ low-pass filter)
+MIN_RTT_WINDOW = 10.0  # seconds a min_rtt sample stays valid
+SATURATION_ROUNDS = 4  # rounds held in saturation before probing again
+PACING_GAIN_STARTUP = 2.0
+PACING_GAIN = 1.25
+BURST_LOSS_MARGIN = 0.02  # a round's loss rate this far above the usual one is congestion
+DELAY_NOISE = 0.002  # seconds of RTT variation never taken for a queue (scheduling, timers)
+
+
+class Phase(Enum):
+    SLOW_START = "slow_start"
+    PROBING = "probing"
+    SATURATED = "saturated"
+
+
+@register_congestion_control
+class Tolerant(CongestionControl):
+    name = "tolerant"
+
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self.phase = Phase.SLOW_START
+        self.bandwidth = 0.0  # bytes/s
+        self.min_rtt = 0.0
+        self._min_rtt_at = 0.0
+        self.smoothed_rtt = 0.0
+        self.diff = 0.0
+        self.loss_rate = 0.0
+        self.congestion_events = 0
+        self.random_losses = 0
+        # round state
+        self._round_start = -1.0
+        self._round_min_rtt = float("inf")
+        self._round_acked = 0
+        self._round_lost = 0
+        self._rounds_saturated = 0
+        self._last_cut = float("-inf")
+        # bandwidth sampling
+        self._bw_start = -1.0
+        self._bw_bytes = 0
+        # loss-rate sampling
+        self._sample_acks = 0
+        self._sample_acked_bytes = 0
+        self._sample_lost_bytes = 0
+
+    @property
+    def bdp(self) -> float:
+        return self.bandwidth * self.min_rtt
+
+    def _alpha(self) -> float:
+        return max(ALPHA * self.bdp, self.bandwidth * DELAY_NOISE / 2)
+
+    def _beta(self) -> float:
+        return max(BETA * self.bdp, self.bandwidth * DELAY_NOISE)
+
+    def _delay_signal(self) -> bool:
+        return self.min_rtt > 0 and self.bdp > 0 and self.diff > self._alpha()
+
+    def on_rtt_measurement(
+        self, *, latest_rtt: float, min_rtt: float, smoothed_rtt: float, now: float
+    ) -> None:
+        self.smoothed_rtt = smoothed_rtt
+        if (
+            self.min_rtt == 0.0
+            or latest_rtt <= self.min_rtt
+            or now - self._min_rtt_at > (MIN_RTT_WINDOW)
+        ):
+            if now - self._min_rtt_at > MIN_RTT_WINDOW and self._round_min_rtt < float("inf"):
+                latest_rtt = min(latest_rtt, self._round_min_rtt)
+            self.min_rtt = latest_rtt
+            self._min_rtt_at = now
+        if latest_rtt < self._round_min_rtt:
+            self._round_min_rtt = latest_rtt
+
+    def on_packets_acked(
+        self, *, acked_bytes: int, newest_sent_time: float, bytes_in_flight: int, now: float
+    ) -> None:
+        self._round_acked += acked_bytes
+        self._sample_acks += 1
+        self._sample_acked_bytes += acked_bytes
+        self._sample_bandwidth(acked_bytes, bytes_in_flight, now)
+        if self._sample_acks >= LOSS_SAMPLE_ACKS:
+            self._update_loss_rate()
+        if self._round_start < 0:
+            self._round_start = now
+        elif self.min_rtt > 0 and now - self._round_start >= max(self.smoothed_rtt, 1e-3):
+            self._end_round(now)
+        if self.phase == Phase.SLOW_START:
+            self.congestion_window += acked_bytes
+        elif self.phase == Phase.PROBING:
+            # Reno congestion avoidance: one datagram per window acknowledged.
+            self.congestion_window += max(
+                1, self.max_datagram_size * acked_bytes // self.congestion_window
+            )
+
+    def _sample_bandwidth(self, acked_bytes: int, bytes_in_flight: int, now: float) -> None:
+        if self._bw_start < 0:
+            self._bw_start = now
+            return
+        self._bw_bytes += acked_bytes
+        interval = now - self._bw_start
+        if self.min_rtt <= 0 or interval < max(self.min_rtt, 0.005):
+            return
+        sample = self._bw_bytes / interval
+        app_limited = bytes_in_flight + 2 * self.max_datagram_size < self.congestion_window / 2
+        if self.bandwidth == 0.0:
+            self.bandwidth = sample
+        elif not app_limited or sample > self.bandwidth:
+            self.bandwidth += BW_FILTER * (sample - self.bandwidth)
+        self._bw_start = now
+        self._bw_bytes = 0
+
+    def _update_loss_rate(self) -> None:
+        total = self._sample_acked_bytes + self._sample_lost_bytes
+        if total > 0 and not self._delay_signal():
+            sample = self._sample_lost_bytes / total
+            self.loss_rate += 0.25 * (sample - self.loss_rate)
+        self._sample_acks = 0
+        self._sample_acked_bytes = 0
+        self._sample_lost_bytes = 0
+
+    def _end_round(self, now: float) -> None:
+        rtt = self._round_min_rtt
+        if rtt < float("inf") and rtt > 0:
+            self.diff = self.congestion_window * (1.0 - self.min_rtt / rtt)
+        bdp = self.bdp
+        if bdp > 0:
+            if self.diff > self._beta():
+                self._cut(now, to_bdp=True)
+            elif self.diff > self._alpha():
+                if self.phase == Phase.SLOW_START:
+                    self.ssthresh = self.congestion_window
+                self.phase = Phase.SATURATED
+                self._rounds_saturated += 1
+                if self._rounds_saturated >= SATURATION_ROUNDS:
+                    self.phase = Phase.PROBING
+                    self._rounds_saturated = 0
+            elif self.phase == Phase.SATURATED:
+                self.phase = Phase.PROBING
+                self._rounds_saturated = 0
+        total = self._round_acked + self._round_lost
+        if total > 0 and self._round_lost > 0 and not self._delay_signal():
+            round_loss = self._round_lost / total
+            if round_loss > 2 * self.loss_rate + BURST_LOSS_MARGIN:
+                self._cut(now, to_bdp=False)
+        self._round_start = now
+        self._round_min_rtt = float("inf")
+        self._round_acked = 0
+        self._round_lost = 0
+
+    def _cut(self, now: float, *, to_bdp: bool) -> None:
+        """Back off at most once per round trip."""
+        if now - self._last_cut < max(self.smoothed_rtt, self.min_rtt):
+            return
+        self._last_cut = now
+        self.congestion_events += 1
+        if to_bdp and self.bdp > 0:
+            target = max(self.bdp, self.congestion_window / 2)
+        else:
+            # A loss burst without a queue: the more random loss is usual here, the gentler.
+            factor = 0.5 + min(self.loss_rate * 10, 0.35)
+            target = max(self.congestion_window * factor, self.bdp)
+        self.congestion_window = max(int(min(target, self.congestion_window)), self.minimum_window)
+        self.ssthresh = self.congestion_window
+        self.phase = Phase.SATURATED
+        self._rounds_saturated = 0
+
+    def on_packets_lost(
+        self, *, lost_bytes: int, newest_sent_time: float, bytes_in_flight: int, now: float
+    ) -> None:
+        self._round_lost += lost_bytes
+        self._sample_lost_bytes += lost_bytes
+        if self._delay_signal() and newest_sent_time > self._last_cut:
+            self._cut(now, to_bdp=True)
+        else:
+            self.random_losses += 1
+
+    def on_retransmission_timeout(self, *, now: float) -> None:
+        self.ssthresh = max(int(self.bdp), self.minimum_window)
+        self.congestion_window = self.minimum_window
+        self.phase = Phase.SLOW_START
+        self._last_cut = now
+
+    def on_packet_sent(self, *, size: int, now: float) -> None:
+        if (
+            self.phase == Phase.SLOW_START
+            and self.ssthresh is not None
+            and (self.congestion_window >= self.ssthresh)
+        ):
+            self.phase = Phase.PROBING
+
+    def pacing_rate(self, smoothed_rtt: float) -> float:
+        rtt = self.min_rtt or smoothed_rtt or 0.1
+        gain = PACING_GAIN_STARTUP if self.phase == Phase.SLOW_START else PACING_GAIN
+        return gain * self.congestion_window / max(rtt, 1e-3)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **super().status(),
+            "phase": self.phase.value,
+            "bandwidth_bps": round(self.bandwidth * 8),
+            "min_rtt_ms": round(self.min_rtt * 1000, 2),
+            "loss_rate": round(self.loss_rate, 4),
+            "congestion_events": self.congestion_events,
+        }
