@@ -1,0 +1,368 @@
+#!/usr/bin/env python3
+"""``bitchat-box``: the box-side helper that the image installs and the fleet tools call.
+
+Standard library only: it runs on the box with the system Python before the agent exists.
+Releases live side by side under ``PREFIX/releases/<version>`` (each installed offline from
+``PREFIX/wheelhouse`` with ``pip install --target``); ``PREFIX/current`` and
+``PREFIX/previous`` are symlinks switched atomically, so an upgrade and its rollback are one
+rename each. Settings come from the environment or ``$BITCHAT_ETC/box.env`` (KEY=VALUE lines).
+
+Commands (every one idempotent):
+  firstboot           create the agent user, interpreter venv, install and start the agent
+  add-wheel WHEEL     copy a wheel into the wheelhouse and print its version
+  install VERSION     install a release from the wheelhouse (no network)
+  activate VERSION    make VERSION current (the old one becomes previous) and restart
+  rollback            make previous current again and restart
+  health VERSION      wait until the agent answers /api/status with VERSION (exit 1 if not)
+  facts               print a JSON document: versions, node id, token, API documents, sensors
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+_WHEEL = re.compile(r"^bitchat_node-([0-9][0-9A-Za-z.+!-]*?)-py3-none-any\.whl$")
+_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!]{0,40}$")
+_DEFAULTS = {
+    "BITCHAT_PREFIX": "/opt/bitchat-node",
+    "BITCHAT_DATA_DIR": "/var/lib/bitchat-node",
+    "BITCHAT_USER": "bitchat",
+    "BITCHAT_PYTHON": "",
+    "BITCHAT_PIP_OPTS": "",
+    "BITCHAT_RESTART": "systemctl restart bitchat-node.service",
+    "BITCHAT_HOSTNAME": "",
+    "BITCHAT_VERSION": "",
+}
+
+
+class BoxError(Exception):
+    pass
+
+
+def settings() -> dict[str, str]:
+    """Defaults, overridden by $BITCHAT_ETC/box.env, overridden by the environment."""
+    out = dict(_DEFAULTS)
+    env_file = Path(os.environ.get("BITCHAT_ETC", "/etc/bitchat-node")) / "box.env"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() in out:
+                out[key.strip()] = " ".join(shlex.split(value))
+    for key in out:
+        if key in os.environ:
+            out[key] = os.environ[key]
+    return out
+
+
+def _python(cfg: dict[str, str]) -> str:
+    return cfg["BITCHAT_PYTHON"] or str(Path(cfg["BITCHAT_PREFIX"]) / "venv" / "bin" / "python")
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise BoxError(f"{shlex.join(cmd[:3])} … failed ({proc.returncode}): {' | '.join(tail)}")
+
+
+def _link(target: str, link: Path) -> None:
+    """Point ``link`` at ``target`` atomically (symlink then rename over the old link)."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(target)
+    tmp.replace(link)
+
+
+def _version_of(link: Path) -> str:
+    try:
+        return Path(os.readlink(link)).name
+    except OSError:
+        return ""
+
+
+def write_launcher(cfg: dict[str, str]) -> Path:
+    """``PREFIX/bin/bitchat-node``: runs the current release with the box's interpreter."""
+    prefix = Path(cfg["BITCHAT_PREFIX"])
+    launcher = prefix / "bin" / "bitchat-node"
+    text = (
+        "#!/bin/sh\n"
+        f': "${{BITCHAT_DATA_DIR:={cfg["BITCHAT_DATA_DIR"]}}}"\n'
+        "export BITCHAT_DATA_DIR\n"
+        f"PYTHONPATH={shlex.quote(str(prefix / 'current'))} "
+        f'exec {shlex.quote(_python(cfg))} -P -m node "$@"\n'
+    )
+    launcher.parent.mkdir(parents=True, exist_ok=True)
+    if not launcher.exists() or launcher.read_text() != text:
+        tmp = launcher.with_name(".bitchat-node.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        tmp.replace(launcher)
+    return launcher
+
+
+def add_wheel(cfg: dict[str, str], wheel: Path) -> str:
+    m = _WHEEL.match(wheel.name)
+    if m is None:
+        raise BoxError(f"{wheel.name} is not a bitchat_node wheel")
+    house = Path(cfg["BITCHAT_PREFIX"]) / "wheelhouse"
+    house.mkdir(parents=True, exist_ok=True)
+    dest = house / wheel.name
+    if wheel.resolve() != dest.resolve():
+        shutil.copyfile(wheel, dest.with_name(dest.name + ".part"))
+        dest.with_name(dest.name + ".part").replace(dest)
+    return m.group(1)
+
+
+def install(cfg: dict[str, str], version: str) -> Path:
+    if not _VERSION.match(version):
+        raise BoxError(f"bad version {version!r}")
+    prefix = Path(cfg["BITCHAT_PREFIX"])
+    release = prefix / "releases" / version
+    if (release / ".installed").exists():
+        return release
+    staging = prefix / "releases" / f".{version}.part"
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = [
+        _python(cfg),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-index",
+        "--disable-pip-version-check",
+        "--find-links",
+        str(prefix / "wheelhouse"),
+        "--target",
+        str(staging),
+        *shlex.split(cfg["BITCHAT_PIP_OPTS"]),
+        f"bitchat-node=={version}",
+    ]
+    _run(cmd)
+    (staging / ".installed").write_text(version + "\n")
+    shutil.rmtree(release, ignore_errors=True)
+    staging.rename(release)
+    return release
+
+
+def restart(cfg: dict[str, str]) -> None:
+    _run(shlex.split(cfg["BITCHAT_RESTART"]))
+
+
+def activate(cfg: dict[str, str], version: str) -> None:
+    prefix = Path(cfg["BITCHAT_PREFIX"])
+    release = prefix / "releases" / version
+    if not (release / ".installed").exists():
+        raise BoxError(f"release {version} is not installed; run install {version} first")
+    write_launcher(cfg)
+    current = _version_of(prefix / "current")
+    if current != version:
+        if current:
+            _link(f"releases/{current}", prefix / "previous")
+        _link(f"releases/{version}", prefix / "current")
+    restart(cfg)
+
+
+def rollback(cfg: dict[str, str]) -> str:
+    prefix = Path(cfg["BITCHAT_PREFIX"])
+    previous = _version_of(prefix / "previous")
+    if not previous:
+        raise BoxError("no previous release to roll back to")
+    current = _version_of(prefix / "current")
+    if current != previous:
+        _link(f"releases/{previous}", prefix / "current")
+        if current:
+            _link(f"releases/{current}", prefix / "previous")
+    restart(cfg)
+    return previous
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.load(resp)
+
+
+def _api_base(cfg: dict[str, str]) -> str | None:
+    try:
+        info = json.loads((Path(cfg["BITCHAT_DATA_DIR"]) / "agent.json").read_text())
+        pid = int(info["pid"])
+        os.kill(pid, 0)
+        return str(info["web"]).rstrip("/")
+    except PermissionError:
+        return str(info["web"]).rstrip("/")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def health(cfg: dict[str, str], version: str, timeout: float) -> str:
+    """Wait for the agent to answer /api/status with ``version``; the last problem if not."""
+    deadline = time.monotonic() + timeout
+    problem = "agent not running"
+    while True:
+        base = _api_base(cfg)
+        if base is None:
+            problem = "agent not running (no live agent.json in the data dir)"
+        else:
+            try:
+                doc = _get(base + "/api/status")
+                got = doc.get("version") if isinstance(doc, dict) else None
+                if got == version:
+                    return ""
+                problem = f"agent answers version {got!r}, expected {version!r}"
+            except (OSError, ValueError, urllib.error.URLError) as exc:
+                problem = f"/api/status failed: {exc}"
+        if time.monotonic() >= deadline:
+            return problem
+        time.sleep(0.5)
+
+
+def _node_id(cfg: dict[str, str]) -> str | None:
+    release = Path(cfg["BITCHAT_PREFIX"]) / "current"
+    code = (
+        "import sys; from pathlib import Path; from node import identity;"
+        "print(identity.load(Path(sys.argv[1]) / identity.KEY_FILE, check_mode=False)"
+        ".node_id_text)"
+    )
+    proc = subprocess.run(
+        [_python(cfg), "-P", "-c", code, cfg["BITCHAT_DATA_DIR"]],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(release)},
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def facts(cfg: dict[str, str]) -> dict[str, Any]:
+    prefix = Path(cfg["BITCHAT_PREFIX"])
+    out: dict[str, Any] = {
+        "hostname": os.uname().nodename,
+        "version": _version_of(prefix / "current") or None,
+        "previous": _version_of(prefix / "previous") or None,
+        "node_id": _node_id(cfg),
+        "token": None,
+        "temperature_c": None,
+        "disk": None,
+        "api": {},
+    }
+    token_file = Path(os.environ.get("BITCHAT_ETC", "/etc/bitchat-node")) / "enrollment.token"
+    with contextlib.suppress(OSError):
+        out["token"] = token_file.read_text().strip()
+    try:
+        milli = int(Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip())
+        out["temperature_c"] = round(milli / 1000, 1)
+    except (OSError, ValueError):
+        pass
+    data_dir = Path(cfg["BITCHAT_DATA_DIR"])
+    try:
+        du = shutil.disk_usage(data_dir)
+        out["disk"] = {"path": str(data_dir), "total": du.total, "free": du.free}
+    except OSError:
+        pass
+    base = _api_base(cfg)
+    if base is not None:
+        for path in ("/api/status", "/api/earnings", "/api/hardware", "/api/storage"):
+            try:
+                out["api"][path] = _get(base + path)
+            except (OSError, ValueError, urllib.error.URLError):
+                continue
+    return out
+
+
+def firstboot(cfg: dict[str, str]) -> None:
+    """First boot: agent user, interpreter venv, release, data dir, hostname; then start."""
+    prefix = Path(cfg["BITCHAT_PREFIX"])
+    user = cfg["BITCHAT_USER"]
+    if shutil.which("useradd") and subprocess.run(["id", user], capture_output=True).returncode:
+        _run(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--home-dir",
+                cfg["BITCHAT_DATA_DIR"],
+                "--shell",
+                "/usr/sbin/nologin",
+                user,
+            ]
+        )
+        if subprocess.run(["getent", "group", "gpio"], capture_output=True).returncode == 0:
+            _run(["usermod", "-aG", "gpio", user])
+    venv = prefix / "venv"
+    if not cfg["BITCHAT_PYTHON"] and not (venv / "bin" / "python").exists():
+        _run([sys.executable, "-m", "venv", str(venv)])
+    pattern = cfg["BITCHAT_HOSTNAME"]
+    if pattern:
+        set_hostname(pattern)
+    version = cfg["BITCHAT_VERSION"]
+    install(cfg, version)
+    launcher = write_launcher(cfg)
+    data_dir = Path(cfg["BITCHAT_DATA_DIR"])
+    if not (data_dir / "identity.key").exists():
+        _link(f"releases/{version}", prefix / "current")
+        _run([str(launcher), "init", "--data-dir", str(data_dir)])
+        if os.geteuid() == 0 and user:
+            _run(["chown", "-R", f"{user}:{user}", str(data_dir)])
+    activate(cfg, version)
+
+
+def set_hostname(pattern: str) -> str:
+    serial = ""
+    for src in ("/proc/device-tree/serial-number", "/etc/machine-id"):
+        try:
+            serial = Path(src).read_text().strip("\x00\n ")
+            break
+        except OSError:
+            continue
+    name = pattern.replace("{serial}", (serial[-6:] or "000000").lower())
+    if os.uname().nodename != name:
+        if shutil.which("hostnamectl"):
+            _run(["hostnamectl", "set-hostname", name])
+        else:
+            Path("/etc/hostname").write_text(name + "\n")
+    return name
+
+
+def main(argv: list[str]) -> int:
+    cfg = settings()
+    cmd, args = (argv[0], argv[1:]) if argv else ("", [])
+    try:
+        if cmd == "firstboot" and not args:
+            firstboot(cfg)
+        elif cmd == "add-wheel" and len(args) == 1:
+            print(add_wheel(cfg, Path(args[0])))
+        elif cmd == "install" and len(args) == 1:
+            print(install(cfg, args[0]))
+        elif cmd == "activate" and len(args) == 1:
+            activate(cfg, args[0])
+        elif cmd == "rollback" and not args:
+            print(rollback(cfg))
+        elif cmd == "health" and len(args) in (1, 2):
+            problem = health(cfg, args[0], float(args[1]) if len(args) == 2 else 30.0)
+            if problem:
+                print(problem, file=sys.stderr)
+                return 1
+        elif cmd == "facts" and not args:
+            print(json.dumps(facts(cfg), sort_keys=True))
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except BoxError as exc:
+        print(f"bitchat-box: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

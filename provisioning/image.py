@@ -1,0 +1,651 @@
+"""``image build``: customise a Raspberry Pi OS image without mounting it and without root.
+
+The base (raw, .xz, .gz or .zst) is decompressed into a sparse output file; its MBR is read
+here (provisioning.mbr); the FAT boot partition is edited in place with mtools
+(``-i OUT@@offset``) and the ext4 root with debugfs (``OUT?offset=N``). Every timestamp comes
+from SOURCE_DATE_EPOCH (mtools reads it; e2fsprogs reads E2FSPROGS_FAKE_TIME) and every file
+is written in sorted order, so the same inputs give the same bytes. The result is OUT.img,
+OUT.img.sha256 and OUT.img.bmap (bmaptool's format).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.resources
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provisioning import bmap as bmapmod
+from provisioning import compress, mbr
+from provisioning.errors import ImageError
+from provisioning.recipe import Recipe
+
+DEFAULT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z, used when SOURCE_DATE_EPOCH is unset
+PREFIX = "/opt/bitchat-node"
+ETC = "/etc/bitchat-node"
+_SPARSE_GRAIN = 64 << 10
+_WHEEL = re.compile(r"^bitchat_node-([0-9][0-9A-Za-z.+!]*?)-py3-none-any\.whl$")
+_DEBUGFS_ERRORS = re.compile(
+    r"(not found|No such file|cannot|Could not|Invalid|error|Bad |Unknown request|"
+    r"Filesystem opened read/only|No free space|Ext2 inode is not a directory)",
+    re.IGNORECASE,
+)
+_FIRSTRUN_ARGS = (
+    "systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot "
+    "systemd.unit=kernel-command-line.target"
+)
+_GROUPS = "users,adm,dialout,audio,netdev,video,plugdev,cdrom,games,input,gpio,spi,i2c,render,sudo"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BuildResult:
+    image: Path
+    sha256: str
+    bmap: Path
+    first_boot: str
+    """cloud-init or firstrun: how the OS side was customised."""
+    size: int
+    mapped_bytes: int
+    seconds: float
+    files: dict[str, list[str]] = field(default_factory=dict)
+    """Injected paths: ``boot`` (FAT) and ``root`` (ext4)."""
+
+
+@dataclass(frozen=True)
+class _File:
+    """One file for the ext4 side: contents, mode, owner."""
+
+    data: bytes
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+
+
+def source_date_epoch() -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not value:
+        return DEFAULT_EPOCH
+    if not value.isdigit():
+        raise ImageError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds")
+    # FAT cannot store dates before 1980.
+    return max(int(value), 315532800)
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name) or next(
+        (p for d in ("/usr/sbin", "/sbin") if os.access(p := f"{d}/{name}", os.X_OK)), None
+    )
+    if path is None:
+        raise ImageError(f"{name} not found: install the Debian package {package}")
+    return path
+
+
+def _run(cmd: list[str], env: dict[str, str], what: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise ImageError(f"{what} failed: {' | '.join(detail[-3:]) or f'exit {proc.returncode}'}")
+    return proc.stdout
+
+
+# -- decompress into a sparse file ---------------------------------------------------------
+
+
+def unpack(base: Path, out: Path) -> int:
+    """Write the base image's bytes to ``out``, leaving all-zero runs as holes; its size."""
+    zero = bytes(_SPARSE_GRAIN)
+    size = 0
+    with compress.open_image(base) as reader, out.open("wb") as dst:
+        for chunk in compress.iter_chunks(reader):
+            view = memoryview(chunk)
+            if chunk.count(0) != len(chunk):
+                for off in range(0, len(chunk), _SPARSE_GRAIN):
+                    part = view[off : off + _SPARSE_GRAIN]
+                    if part != zero[: len(part)]:
+                        dst.seek(size + off)
+                        dst.write(part)
+            size += len(chunk)
+        dst.truncate(size)
+    if size == 0:
+        raise ImageError(f"{base} is empty")
+    return size
+
+
+# -- wheelhouse ------------------------------------------------------------------------------
+
+
+def wheel_version(wheelhouse: Path) -> str:
+    """Version of the (single newest) bitchat_node wheel in a wheelhouse."""
+    versions = sorted(m.group(1) for p in wheelhouse.iterdir() if (m := _WHEEL.match(p.name)))
+    if not versions:
+        raise ImageError(
+            f"wheelhouse {wheelhouse} holds no bitchat_node-*-py3-none-any.whl: build it with "
+            "'pip wheel --no-deps -w DIR .' in the bitchat-node checkout"
+        )
+    return versions[-1]
+
+
+def auto_wheelhouse(python_version: str, log: Progress) -> Path:
+    """Download aarch64 wheels of the agent's dependencies and build its own wheel (cached)."""
+    from node import __version__
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitchat-fleet"
+    house = cache / f"wheelhouse-{__version__}-py{python_version}-aarch64"
+    if house.is_dir() and any(_WHEEL.match(p.name) for p in house.iterdir()):
+        return house
+    part = house.with_name(house.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    reqs = [r for r in importlib.metadata.requires("bitchat-node") or [] if "extra ==" not in r]
+    log(f"downloading {len(reqs)} dependencies for aarch64 / Python {python_version}")
+    platforms = ["manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        "-d",
+        str(part),
+    ]
+    for plat in platforms:
+        cmd += ["--platform", plat]
+    _run([*cmd, *reqs], {}, "pip download of the aarch64 wheelhouse")
+    source = Path(__file__).resolve().parent.parent
+    if not (source / "pyproject.toml").is_file():
+        raise ImageError(
+            "wheelhouse = auto needs the bitchat-node source tree to build its wheel; "
+            "set agent.wheelhouse to a directory holding bitchat_node-*.whl"
+        )
+    log("building the bitchat-node wheel")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(part),
+            str(source),
+        ],
+        {"SOURCE_DATE_EPOCH": str(source_date_epoch())},
+        "building the bitchat-node wheel",
+    )
+    part.rename(house)
+    return house
+
+
+# -- file contents ---------------------------------------------------------------------------
+
+
+def _env_file(values: dict[str, str]) -> bytes:
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(values.items())).encode()
+
+
+def _keyfile_value(text: str) -> str:
+    """Escape a value for a GKeyFile (NetworkManager keyfile) line."""
+    out = text.replace("\\", "\\\\")
+    return "\\s" + out[1:] if out.startswith(" ") else out
+
+
+def nmconnection(recipe: Recipe) -> bytes:
+    assert recipe.wifi is not None
+    w = recipe.wifi
+    conn_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"bitchat-wifi:{w.ssid}")
+    lines = [
+        "[connection]",
+        "id=bitchat-wifi",
+        f"uuid={conn_uuid}",
+        "type=wifi",
+        "autoconnect=true",
+        "",
+        "[wifi]",
+        "mode=infrastructure",
+        f"ssid={_keyfile_value(w.ssid)}",
+        f"hidden={'true' if w.hidden else 'false'}",
+        "",
+        "[wifi-security]",
+        "key-mgmt=wpa-psk",
+        f"psk={_keyfile_value(w.psk)}",
+        "",
+        "[ipv4]",
+        "method=auto",
+        "",
+        "[ipv6]",
+        "addr-gen-mode=default",
+        "method=auto",
+        "",
+    ]
+    return "\n".join(lines).encode()
+
+
+def firstboot_unit() -> bytes:
+    return (
+        "[Unit]\n"
+        "Description=bitchat-node first boot: install the agent from the offline wheelhouse\n"
+        "After=local-fs.target\n"
+        "Before=bitchat-node.service\n"
+        f"ConditionPathExists=!{PREFIX}/current\n\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        "RemainAfterExit=yes\n"
+        f"ExecStart=/usr/bin/python3 {PREFIX}/bin/bitchat-box firstboot\n\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    ).encode()
+
+
+def agent_dropin(recipe: Recipe) -> bytes:
+    return (
+        "# Written by bitchat-fleet image build: the image's data dir and first-boot order.\n"
+        "[Unit]\n"
+        "After=bitchat-node-firstboot.service\n\n"
+        "[Service]\n"
+        f"Environment=BITCHAT_DATA_DIR={recipe.data_dir}\n"
+        f"ReadWritePaths={recipe.data_dir}\n"
+    ).encode()
+
+
+def agent_unit() -> bytes:
+    """The agent's hardened unit, as shipped in the node package."""
+    return (importlib.resources.files("node") / "systemd" / "bitchat-node.service").read_bytes()
+
+
+def firstrun_script(recipe: Recipe) -> bytes:
+    """A Raspberry Pi Imager style firstrun.sh: user, SSH keys, locale; then removes itself."""
+    keys = "\n".join(recipe.ssh_keys)
+    country = recipe.wifi.country if recipe.wifi else ""
+    q = shlex.quote
+    return f"""#!/bin/bash
+# First-boot customisation written by bitchat-fleet image build; removes itself when done.
+set +e
+NEW_USER={q(recipe.user)}
+AUTHORIZED_KEYS={q(keys)}
+FIRSTUSER=$(getent passwd 1000 | cut -d: -f1)
+if [ -z "$FIRSTUSER" ]; then
+  useradd -m -u 1000 -s /bin/bash "$NEW_USER"
+elif [ "$FIRSTUSER" != "$NEW_USER" ]; then
+  usermod -l "$NEW_USER" "$FIRSTUSER"
+  usermod -m -d "/home/$NEW_USER" "$NEW_USER"
+  groupmod -n "$NEW_USER" "$FIRSTUSER"
+fi
+for g in {_GROUPS.replace(",", " ")}; do
+  getent group "$g" >/dev/null && usermod -aG "$g" "$NEW_USER"
+done
+usermod -p '*' "$NEW_USER"
+install -d -m 700 -o "$NEW_USER" -g "$NEW_USER" "/home/$NEW_USER/.ssh"
+printf '%s\\n' "$AUTHORIZED_KEYS" > "/home/$NEW_USER/.ssh/authorized_keys"
+chown "$NEW_USER:$NEW_USER" "/home/$NEW_USER/.ssh/authorized_keys"
+chmod 600 "/home/$NEW_USER/.ssh/authorized_keys"
+echo "$NEW_USER ALL=(ALL) NOPASSWD: ALL" > /etc/sudoers.d/010_bitchat-nopasswd
+chmod 440 /etc/sudoers.d/010_bitchat-nopasswd
+sed -i 's/^#\\?PasswordAuthentication.*/PasswordAuthentication no/' /etc/ssh/sshd_config
+systemctl enable ssh
+if [ -x /usr/lib/raspberrypi-sys-mods/imager_custom ]; then
+  /usr/lib/raspberrypi-sys-mods/imager_custom set_timezone {q(recipe.timezone)}
+  /usr/lib/raspberrypi-sys-mods/imager_custom set_keymap {q(recipe.keyboard)}
+else
+  ln -sf /usr/share/zoneinfo/{q(recipe.timezone)} /etc/localtime
+  echo {q(recipe.timezone)} > /etc/timezone
+fi
+if command -v raspi-config >/dev/null; then
+  raspi-config nonint do_change_locale {q(recipe.locale)}
+  [ -n {q(country)} ] && raspi-config nonint do_wifi_country {q(country)}
+fi
+rfkill unblock wifi 2>/dev/null
+for f in /boot/firmware /boot; do
+  rm -f "$f/firstrun.sh"
+  [ -f "$f/cmdline.txt" ] && sed -i 's| systemd.run.*||g' "$f/cmdline.txt"
+done
+exit 0
+""".encode()
+
+
+def cloud_init_files(recipe: Recipe) -> dict[str, bytes]:
+    """user-data, meta-data and network-config for images whose first boot runs cloud-init."""
+    runcmd: list[list[str]] = [["systemctl", "enable", "--now", "ssh"]]
+    if recipe.wifi is not None:
+        runcmd.append(["raspi-config", "nonint", "do_wifi_country", recipe.wifi.country])
+    user_data = {
+        "preserve_hostname": True,
+        "locale": recipe.locale,
+        "timezone": recipe.timezone,
+        "keyboard": {"layout": recipe.keyboard},
+        "ssh_pwauth": False,
+        "users": [
+            {
+                "name": recipe.user,
+                "groups": _GROUPS,
+                "shell": "/bin/bash",
+                "lock_passwd": True,
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "ssh_authorized_keys": list(recipe.ssh_keys),
+            }
+        ],
+        "runcmd": runcmd,
+    }
+    instance = hashlib.sha256(json.dumps(user_data, sort_keys=True).encode()).hexdigest()[:16]
+    network = {
+        "network": {
+            "version": 2,
+            "ethernets": {"eth0": {"dhcp4": True, "optional": True}},
+        }
+    }
+    # JSON is valid YAML, and json.dumps quotes every value safely.
+    return {
+        "meta-data": f"instance-id: bitchat-{instance}\n".encode(),
+        "network-config": (json.dumps(network, indent=2, sort_keys=True) + "\n").encode(),
+        "user-data": (
+            "#cloud-config\n" + json.dumps(user_data, indent=2, sort_keys=True) + "\n"
+        ).encode(),
+    }
+
+
+def root_files(recipe: Recipe, wheelhouse: Path, version: str) -> dict[str, _File]:
+    """Everything the ext4 root receives, by absolute path."""
+    files: dict[str, _File] = {}
+    box_src = Path(__file__).with_name("box.py").read_bytes()
+    files[f"{PREFIX}/bin/bitchat-box"] = _File(box_src, 0o755)
+    for wheel in sorted(wheelhouse.glob("*.whl")):
+        files[f"{PREFIX}/wheelhouse/{wheel.name}"] = _File(wheel.read_bytes())
+    files[f"{ETC}/box.env"] = _File(
+        _env_file(
+            {
+                "BITCHAT_PREFIX": PREFIX,
+                "BITCHAT_DATA_DIR": recipe.data_dir,
+                "BITCHAT_HOSTNAME": recipe.hostname,
+                "BITCHAT_VERSION": version,
+                "BITCHAT_USER": "bitchat",
+            }
+        )
+    )
+    files[f"{ETC}/enrollment.token"] = _File(recipe.enrollment_token.encode() + b"\n", 0o600)
+    files["/etc/systemd/system/bitchat-node.service"] = _File(agent_unit())
+    files["/etc/systemd/system/bitchat-node.service.d/10-image.conf"] = _File(agent_dropin(recipe))
+    files["/etc/systemd/system/bitchat-node-firstboot.service"] = _File(firstboot_unit())
+    if recipe.config is not None:
+        files[f"{recipe.data_dir}/config.toml"] = _File(recipe.config.read_bytes(), 0o600)
+    if recipe.wifi is not None:
+        files["/etc/NetworkManager/system-connections/bitchat-wifi.nmconnection"] = _File(
+            nmconnection(recipe), 0o600
+        )
+    return files
+
+
+ROOT_SYMLINKS = {
+    "/etc/systemd/system/multi-user.target.wants/bitchat-node.service": (
+        "/etc/systemd/system/bitchat-node.service"
+    ),
+    "/etc/systemd/system/multi-user.target.wants/bitchat-node-firstboot.service": (
+        "/etc/systemd/system/bitchat-node-firstboot.service"
+    ),
+    "/usr/local/bin/bitchat-node": f"{PREFIX}/bin/bitchat-node",
+    "/usr/local/bin/bitchat-box": f"{PREFIX}/bin/bitchat-box",
+}
+
+
+# -- FAT side (mtools) -----------------------------------------------------------------------
+
+
+class Fat:
+    """A FAT partition inside an image file, reached through mtools' ``file@@offset``."""
+
+    def __init__(self, image: Path, offset: int, epoch: int) -> None:
+        self.target = f"{image}@@{offset}"
+        self.env = {
+            "MTOOLS_SKIP_CHECK": "1",
+            "MTOOLSRC": "/dev/null",
+            "SOURCE_DATE_EPOCH": str(epoch),
+            "TZ": "UTC",
+        }
+        self.epoch = epoch
+
+    def names(self) -> set[str]:
+        out = _run(
+            [_tool("mdir", "mtools"), "-b", "-i", self.target, "::/"],
+            self.env,
+            "reading the FAT boot partition (mdir)",
+        )
+        return {line.strip().removeprefix("::/").lower() for line in out.splitlines() if line}
+
+    def read(self, name: str) -> bytes:
+        proc = subprocess.run(
+            [_tool("mtype", "mtools"), "-i", self.target, f"::/{name}"],
+            capture_output=True,
+            env={**os.environ, **self.env},
+        )
+        if proc.returncode != 0:
+            raise ImageError(f"cannot read {name} from the boot partition: {proc.stderr!r}")
+        return proc.stdout
+
+    def write(self, files: dict[str, bytes], staging: Path) -> None:
+        for name, data in sorted(files.items()):
+            src = staging / name
+            src.write_bytes(data)
+            os.utime(src, (self.epoch, self.epoch))
+            _run(
+                [
+                    _tool("mcopy", "mtools"),
+                    "-m",
+                    "-o",
+                    "-D",
+                    "o",
+                    "-i",
+                    self.target,
+                    str(src),
+                    f"::/{name}",
+                ],
+                self.env,
+                f"writing {name} to the boot partition",
+            )
+
+
+# -- ext4 side (debugfs) ---------------------------------------------------------------------
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def debugfs_script(
+    files: dict[str, _File],
+    staging: Path,
+    symlinks: dict[str, str],
+    private_dirs: set[str],
+    existing: set[str],
+) -> str:
+    """A debugfs command file that writes ``files`` (sorted) with exact modes and owners.
+
+    ``existing`` holds the directories already present: debugfs' mkdir on an existing name
+    leaves an orphaned inode behind, so those are only re-moded.
+    """
+    dirs = sorted({d for p in [*files, *symlinks] for d in _parents(p)} | private_dirs)
+    lines: list[str] = []
+    for d in dirs:
+        if d not in existing:
+            lines.append(f'mkdir "{d}"')
+        mode = 0o700 if d in private_dirs else 0o755
+        if d not in existing or d in private_dirs:
+            lines.append(f'sif "{d}" mode 0{0o040000 | mode:o}')
+    for i, (path, f) in enumerate(sorted(files.items())):
+        src = staging / f"f{i:05d}"
+        src.write_bytes(f.data)
+        lines += [
+            f'rm "{path}"',
+            f'write "{src}" "{path}"',
+            f'sif "{path}" mode 0{0o100000 | f.mode:o}',
+            f'sif "{path}" uid {f.uid}',
+            f'sif "{path}" gid {f.gid}',
+        ]
+    for link, target in sorted(symlinks.items()):
+        lines += [f'rm "{link}"', f'symlink "{link}" "{target}"']
+    return "\n".join(lines) + "\n"
+
+
+def _replies(output: str) -> list[tuple[str, list[str]]]:
+    """Split debugfs -f output into (request, reply lines); debugfs echoes each request."""
+    out: list[tuple[str, list[str]]] = []
+    for line in output.splitlines():
+        if line.startswith("debugfs: "):
+            out.append((line[len("debugfs: ") :], []))
+        elif out:
+            out[-1][1].append(line)
+    return out
+
+
+def existing_dirs(image: Path, offset: int, paths: list[str], staging: Path) -> set[str]:
+    """Which of ``paths`` already exist in the ext4 filesystem."""
+    if not paths:
+        return set()
+    cmd_file = staging / "probe.cmds"
+    cmd_file.write_text("".join(f'stat "{p}"\n' for p in paths))
+    proc = subprocess.run(
+        [_tool("debugfs", "e2fsprogs"), "-f", str(cmd_file), f"{image}?offset={offset}"],
+        capture_output=True,
+        text=True,
+    )
+    found = set()
+    for request, reply in _replies(proc.stdout + "\n" + proc.stderr):
+        path = request.removeprefix("stat ").strip('"')
+        if any(line.startswith("Inode:") for line in reply):
+            found.add(path)
+    return found
+
+
+def run_debugfs(image: Path, offset: int, script: str, staging: Path, epoch: int) -> None:
+    cmd_file = staging / "debugfs.cmds"
+    cmd_file.write_text(script)
+    out = _run(
+        [_tool("debugfs", "e2fsprogs"), "-w", "-f", str(cmd_file), f"{image}?offset={offset}"],
+        {"E2FSPROGS_FAKE_TIME": str(epoch), "TZ": "UTC"},
+        "editing the ext4 root partition (debugfs)",
+    )
+    # debugfs exits 0 even when a request fails: check every request's reply.
+    request = ""
+    for line in out.splitlines():
+        if line.startswith("debugfs: "):
+            request = line[len("debugfs: ") :]
+            continue
+        tolerated = (request.startswith("mkdir") and "exists" in line) or request.startswith("rm ")
+        if not tolerated and _DEBUGFS_ERRORS.search(line):
+            raise ImageError(f"debugfs request {request!r} failed on the root partition: {line}")
+
+
+def check_ext4(image: Path, offset: int) -> None:
+    out = _run(
+        [_tool("debugfs", "e2fsprogs"), "-R", "stats", f"{image}?offset={offset}"],
+        {},
+        "reading the ext4 root partition",
+    )
+    if "Filesystem features:" not in out:
+        raise ImageError("partition 2 does not hold an ext4 filesystem")
+    if "needs_recovery" in out:
+        raise ImageError(
+            "the root filesystem's journal needs recovery: the base image was not cleanly "
+            "unmounted; run e2fsck on it first"
+        )
+
+
+# -- the build -------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(4 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def choose_first_boot(recipe: Recipe, boot_names: set[str]) -> str:
+    if recipe.first_boot != "auto":
+        return recipe.first_boot
+    return "cloud-init" if {"user-data", "meta-data"} & boot_names else "firstrun"
+
+
+def build(
+    base: Path,
+    recipe: Recipe,
+    out: Path,
+    *,
+    wheelhouse: Path | None = None,
+    log: Progress = lambda _msg: None,
+) -> BuildResult:
+    """Build ``out`` (plus .sha256 and .bmap) from ``base`` as ``recipe`` says."""
+    started = time.monotonic()
+    epoch = source_date_epoch()
+    if not base.is_file():
+        raise ImageError(f"base image {base} does not exist")
+    house = wheelhouse or recipe.wheelhouse or auto_wheelhouse(recipe.python_version, log)
+    version = wheel_version(house)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    with tempfile.TemporaryDirectory(prefix=".bitchat-image-", dir=out.parent) as tmp:
+        staging = Path(tmp)
+        log(f"unpacking {base}")
+        size = unpack(base, part)
+        with part.open("rb") as fh:
+            parts = mbr.parse_mbr(fh.read(mbr.SECTOR), size)
+        boot, root = mbr.pi_layout(parts)
+        fat = Fat(part, boot.offset, epoch)
+        mode = choose_first_boot(recipe, fat.names())
+        boot_files: dict[str, bytes] = {"ssh": b""}
+        if mode == "cloud-init":
+            boot_files.update(cloud_init_files(recipe))
+        else:
+            cmdline = fat.read("cmdline.txt").decode(errors="replace").strip()
+            if "systemd.run=" not in cmdline:
+                cmdline = f"{cmdline} {_FIRSTRUN_ARGS}".strip()
+            boot_files["cmdline.txt"] = (cmdline + "\n").encode()
+            boot_files["firstrun.sh"] = firstrun_script(recipe)
+        log(f"writing {len(boot_files)} files to the boot partition ({mode})")
+        fat.write(boot_files, staging)
+        check_ext4(part, root.offset)
+        files = root_files(recipe, house, version)
+        log(f"writing {len(files)} files to the root partition")
+        wanted = sorted(
+            {d for p in [*files, *ROOT_SYMLINKS] for d in _parents(p)} | {recipe.data_dir}
+        )
+        existing = existing_dirs(part, root.offset, wanted, staging)
+        script = debugfs_script(files, staging, ROOT_SYMLINKS, {recipe.data_dir}, existing)
+        run_debugfs(part, root.offset, script, staging, epoch)
+    log("hashing and mapping")
+    digest = sha256_file(part)
+    block_map = bmapmod.create(part)
+    bmap_path = out.with_name(out.name + ".bmap")
+    bmap_path.write_text(bmapmod.render(block_map))
+    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
+    part.replace(out)
+    return BuildResult(
+        image=out,
+        sha256=digest,
+        bmap=bmap_path,
+        first_boot=mode,
+        size=size,
+        mapped_bytes=sum(block_map.byte_span(r)[1] for r in block_map.ranges),
+        seconds=time.monotonic() - started,
+        files={"boot": sorted(boot_files), "root": sorted([*files, *ROOT_SYMLINKS])},
+    )
