@@ -15,7 +15,6 @@ Other parts of the agent add their own routes with one ``add_routes(app)`` line 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import gzip
 import hashlib
@@ -33,6 +32,7 @@ from node import __version__, log
 from node.config import parse_hostport
 from node.errors import NodeError
 from node.web import providers
+from node.web.mdns import Announcer
 from node.web.metrics import CONTENT_TYPE as METRICS_TYPE
 from node.web.metrics import Metrics
 from node.web.openapi import spec
@@ -122,15 +122,16 @@ async def security_headers(request: web.Request, handler: Any) -> web.StreamResp
 
 
 def _http_message(exc: web.HTTPException, request: web.Request) -> str:
+    path = request.path[:200]
     if exc.status == 404:
-        return f"no such page or endpoint: {request.path[:200]}"
+        return f"no such page or endpoint: {path!r}"
     if exc.status == 405:
         allowed = exc.headers.get("Allow", "")
-        return f"method {request.method} is not allowed on {request.path[:200]}; use {allowed}"
+        return f"method {request.method[:20]!r} is not allowed on {path!r}; use {allowed}"
     if exc.status == 413:
         return f"request body too large (at most {MAX_BODY} bytes)"
-    text = (exc.text or exc.reason or "").strip()
-    return text.removeprefix(f"{exc.status}: ") or exc.reason
+    text = (exc.text or exc.reason or "").strip().removeprefix(f"{exc.status}: ")
+    return " ".join(text.split()) or exc.reason
 
 
 @web.middleware
@@ -152,7 +153,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception as exc:
-        _log.exception("web_handler_failed", path=request.path[:200], error=str(exc))
+        _log.exception("web_handler_failed", path=repr(request.path[:200]), error=str(exc))
         return _json({"error": f"internal error: {type(exc).__name__}", "status": 500}, 500)
 
 
@@ -660,7 +661,8 @@ class WebService:
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
         self.port: int | None = None
-        self.mdns: str = "off"
+        self._announcer: Announcer | None = None
+        self._mdns_state = "starting"
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -690,14 +692,20 @@ class WebService:
         self.ctx.urls["web"] = self.url
 
     async def _announce(self) -> None:
-        from node.web.mdns import Announcer, default_hostname
+        from node.web.mdns import default_hostname
 
         host, _ = parse_hostport(self.ctx.config.web.listen)
         if not self.ctx.config.web.mdns:
+            self._mdns_state = "off ([web] mdns = false)"
             return
         if not mdns_addresses(host):
-            self.mdns = "off: the dashboard listens on loopback only"
-            _log.info("mdns_skipped", reason="loopback only")
+            loopback = host not in ("", "0.0.0.0", "::")
+            self._mdns_state = (
+                "off: the dashboard listens on loopback only"
+                if loopback
+                else "off: this box had no LAN address when the agent started"
+            )
+            _log.info("mdns_off", reason=self._mdns_state)
             return
         assert self.port is not None
         announcer = Announcer(
@@ -707,27 +715,18 @@ class WebService:
             version=__version__,
             addresses=lambda: mdns_addresses(host),
         )
-        self.mdns = "starting"
-        task = asyncio.ensure_future(announcer.run())
+        self._announcer = announcer
         try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=1.0)
-                if announcer.name:
-                    self.mdns = f"announced as {announcer.name}"
-            task.result()
+            await announcer.run()
         except Exception as exc:
-            self.mdns = f"failed: {exc}"
+            self._announcer = None
+            self._mdns_state = f"failed: {exc}"
             self.ctx.events.emit(
                 "warning",
                 "web",
                 f"mDNS announcement failed ({exc}); open the dashboard by the box's address",
             )
             _log.warning("mdns_failed", error=str(exc))
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
 
     async def run(self) -> None:
         try:
@@ -737,6 +736,15 @@ class WebService:
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
+
+    @property
+    def mdns(self) -> str:
+        """What the mDNS announcement is doing, in words."""
+        if self._announcer is None:
+            return self._mdns_state
+        if self._announcer.name:
+            return f"announced as {self._announcer.name} on {', '.join(self._announcer.announced)}"
+        return "probing the LAN for name conflicts"
 
     def status(self) -> dict[str, Any]:
         return {"url": self.url, "mdns": self.mdns, "access": self.ctx.config.web.access}

@@ -85,8 +85,10 @@ class Announcer:
             zc = AsyncZeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.V4Only)
         info = self._info(addresses)
         try:
-            await (await zc.async_register_service(info, allow_name_change=True))
+            # The first await probes for conflicts and registers; the second announces.
+            announcing = await zc.async_register_service(info, allow_name_change=True)
             self.name, self.announced = info.name, addresses
+            await announcing
             _log.info(
                 "mdns_announced",
                 name=info.name,
