@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from nacl import bindings
 from nacl.exceptions import CryptoError
 
 from node.identity import node_id_of, verify_key_to_x25519
 from node.transport import _wire as wire
+from node.transport._aead import open_, seal
 from node.transport._ranges import RangeSet
 from node.transport.congestion import CongestionControl, create_congestion_control
 from node.transport.errors import HandshakeError, TransportError, WireError
@@ -84,8 +84,6 @@ INTERNAL_ERROR = 5
 STREAM_REFUSED = 6
 APPLICATION_CLOSED = 7
 
-_encrypt = bindings.crypto_aead_chacha20poly1305_ietf_encrypt
-_decrypt = bindings.crypto_aead_chacha20poly1305_ietf_decrypt
 _AEAD_OVERHEAD = wire.SHORT_HEADER_LEN + wire.TAG_LEN
 
 
@@ -679,7 +677,7 @@ class ConnectionCore:
         else:
             key = new_key = rekey(self._recv_key)
         try:
-            plain = _decrypt(data[17:], data[:17], nonce_bytes(pn), key)
+            plain = open_(key, nonce_bytes(pn), data[17:], data[:17])
         except (CryptoError, ValueError, TypeError):
             self.counters["auth_failed"] += 1
             return
@@ -1318,7 +1316,7 @@ class ConnectionCore:
             self._send_phase_start = pn
             self.counters["key_updates"] += 1
         header = wire.short_header(self.remote_cid, pn, self._send_phase)
-        return header + _encrypt(bytes(payload), header, nonce_bytes(pn), self._send_key)
+        return header + seal(self._send_key, nonce_bytes(pn), bytes(payload), header)
 
     def _ack_frame(self, buf: wire.Buffer, now: float) -> None:
         ranges = [(a, b - 1) for a, b in reversed(self._received.ranges())]

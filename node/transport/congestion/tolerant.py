@@ -41,7 +41,7 @@ SATURATION_ROUNDS = 4  # rounds held in saturation before probing again
 PACING_GAIN_STARTUP = 2.0
 PACING_GAIN = 1.25
 BURST_LOSS_MARGIN = 0.02  # a round's loss rate this far above the usual one is congestion
-DELAY_NOISE = 0.002  # seconds of RTT variation never taken for a queue (scheduling, timers)
+DELAY_NOISE = 0.005  # seconds of RTT variation never taken for a queue (scheduling, timers)
 
 
 class Phase(Enum):
