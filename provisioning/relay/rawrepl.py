@@ -47,11 +47,13 @@ class RawRepl:
         self.name = name
         self.timeout = timeout
         self.raw_paste: bool | None = None
+        self._rest = bytearray()
 
     def _read_until(self, ending: bytes, what: str, timeout: float | None = None) -> bytes:
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
-        data = bytearray()
-        while not data.endswith(ending):
+        data = self._rest
+        self._rest = bytearray()
+        while (end := data.find(ending)) < 0:
             if len(data) > MAX_REPLY:
                 raise ReplError(f"{self.name}: reply too long while {what}; is this MicroPython?")
             chunk = self.port.read(max(1, min(self.port.in_waiting, 4096)))
@@ -62,24 +64,33 @@ class RawRepl:
                     f"{self.name} stopped answering while {what} (got {bytes(data[-40:])!r}); "
                     "check the port, replug the board and retry"
                 )
-        return bytes(data)
+        # Bytes after the ending belong to the next read.
+        cut = end + len(ending)
+        self._rest = data[cut:]
+        return bytes(data[:cut])
 
     def _read_exact(self, n: int, what: str) -> bytes:
         deadline = time.monotonic() + self.timeout
-        data = b""
+        data = self._rest
+        self._rest = bytearray()
         while len(data) < n:
             chunk = self.port.read(n - len(data))
             if chunk:
                 data += chunk
             elif time.monotonic() > deadline:
                 raise ReplError(f"{self.name} stopped answering while {what}")
-        return data
+        self._rest = data[n:]
+        return bytes(data[:n])
+
+    def _pending(self) -> bool:
+        return bool(self._rest) or self.port.in_waiting > 0
 
     def enter(self) -> None:
         """Interrupt whatever runs and enter the raw REPL."""
         self.port.write(b"\r\x03\x03")
         time.sleep(0.05)
         self.port.reset_input_buffer()
+        self._rest = bytearray()
         self.port.write(b"\r\x01")
         data = self._read_until(BANNER, "entering the raw REPL")
         if not data.endswith(BANNER):
@@ -88,6 +99,8 @@ class RawRepl:
     def exec(self, code: str | bytes, timeout: float | None = None) -> tuple[bytes, bytes]:
         """Run ``code``; returns (output, error output) as the board printed them."""
         src = code.encode() if isinstance(code, str) else code
+        if b"\x04" in src:
+            raise ValueError("code sent to the raw REPL cannot contain Ctrl-D (\\x04)")
         prompt = self._read_until(b">", "waiting for the prompt")
         if not prompt.endswith(b">") or prompt.strip(b"\r\n>"):
             raise ReplError(f"{self.name}: unexpected bytes before the prompt: {prompt[:40]!r}")
@@ -127,7 +140,7 @@ class RawRepl:
         remain = window
         i = 0
         while i < len(src):
-            while remain == 0 or self.port.in_waiting:
+            while remain == 0 or self._pending():
                 b = self._read_exact(1, "waiting for raw-paste flow control")
                 if b == b"\x01":
                     remain += window

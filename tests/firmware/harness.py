@@ -8,6 +8,8 @@ from __future__ import annotations
 import select
 import socket
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +92,30 @@ class Box:
 
 
 class Rig:
-    """One box, one relay on a fake clock; :meth:`settle` moves datagrams until quiet."""
+    """One box, one relay on a fake clock; :meth:`settle` moves datagrams until quiet.
 
-    def __init__(self, tmp: Path, host: str = "127.0.0.1", keepalive_ms: int = 15000) -> None:
-        self.box = Box(tmp / "state.db", host, keepalive_ms)
+    ``relay_ctx``/``box_ctx`` (lab namespaces' ``entered``) make each side's sockets inside
+    its own network namespace.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        host: str = "127.0.0.1",
+        keepalive_ms: int = 15000,
+        *,
+        relay_host: str | None = None,
+        relay_ctx: Callable[[], AbstractContextManager[None]] = nullcontext,
+        box_ctx: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
+        self.relay_ctx = relay_ctx
+        with box_ctx():
+            self.box = Box(tmp / "state.db", host, keepalive_ms)
         self.record: RelayRecord = self.box.store.issue("test")
         self.now = 1000
-        self.base = free_port_base(host)
+        relay_host = relay_host or host
+        with relay_ctx():
+            self.base = free_port_base(relay_host)
         self.cfg: dict[str, Any] = {
             "relay_id": self.record.relay_id,
             "key": self.record.key,
@@ -105,14 +124,18 @@ class Rig:
             "epoch": 1,
         }
         self.heap = 50000
-        self.relay = fw_relay.Relay(self.cfg, Net(host), heap=lambda: self.heap)
+        self.relay = fw_relay.Relay(self.cfg, Net(relay_host), heap=lambda: self.heap)
         self.extra: list[socket.socket] = []
+
+    def pump_relay(self) -> int:
+        with self.relay_ctx():
+            return int(self.relay.pump(self.now))
 
     def settle(self, rounds: int = 20) -> None:
         quiet = 0
         while quiet < 3 and rounds:
             rounds -= 1
-            moved = self.relay.pump(self.now) + self.box.pump()
+            moved = self.pump_relay() + self.box.pump()
             self.relay.step(self.now)
             quiet = 0 if moved else quiet + 1
             if not moved:
@@ -125,7 +148,8 @@ class Rig:
         self.settle()
 
     def register(self) -> None:
-        self.relay.start(self.now)
+        with self.relay_ctx():
+            self.relay.start(self.now)
         self.relay.step(self.now)
         self.settle()
         assert self.relay.state == fw_relay.RUNNING
@@ -150,7 +174,7 @@ class Rig:
     def recv(self, s: socket.socket) -> bytes | None:
         """A datagram for ``s`` after letting the relay run, or None if none came."""
         for _ in range(50):
-            self.relay.pump(self.now)
+            self.pump_relay()
             r, _, _ = select.select([s], [], [], 0.002)
             if r:
                 return s.recv(4096)
