@@ -305,6 +305,7 @@ async function load() {
     renderEvents();
   } catch (e) { showError(`cannot load events: ${e.message}`); }
   document.body.dataset.loaded = "1";
+  performance.mark("dashboard-filled");
 }
 
 function connect() {
