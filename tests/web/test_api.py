@@ -399,3 +399,15 @@ async def _next_sse(resp: object) -> tuple[str, dict[str, object]]:
             kind = line[7:]
         elif line.startswith("data: ") and kind:
             return kind, json.loads(line[6:])
+
+
+def test_docs_describe_every_endpoint_and_setting() -> None:
+    import dataclasses
+
+    from node.config import WebSection
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    for path in spec(__version__)["paths"]:
+        assert f"`GET {path}" in text or f"`POST {path}" in text, path
+    for f in dataclasses.fields(WebSection):
+        assert f"| `{f.name}` |" in text, f.name
