@@ -32,14 +32,6 @@ class Clock:
         return self.ticks_ms()
 
 
-def ticks_diff(a: int, b: int) -> int:
-    return ((a - b + TICKS_PERIOD // 2) & (TICKS_PERIOD - 1)) - TICKS_PERIOD // 2
-
-
-def ticks_add(a: int, b: int) -> int:
-    return (a + b) & (TICKS_PERIOD - 1)
-
-
 class Pin:
     OUT = 1
     IN = 0
@@ -172,6 +164,19 @@ class Aioble(types.ModuleType):
         return await self.centrals.get()
 
 
+class ThreadSafeFlag(asyncio.Event):
+    """MicroPython's ThreadSafeFlag: like an Event, but a wait() consumes the flag."""
+
+    async def wait(self) -> bool:  # type: ignore[override]
+        await super().wait()
+        self.clear()
+        return True
+
+
+async def sleep_ms(ms: int) -> None:
+    await asyncio.sleep(ms / 1000)
+
+
 def install_micropython() -> None:
     """Make ``from micropython import const`` and ``import brelay`` work under CPython."""
     if "micropython" not in sys.modules:
@@ -183,10 +188,10 @@ def install_micropython() -> None:
 
 
 @contextmanager
-def board(
-    clock: Clock, secure_ble: bool = True, platform: str = "esp32"
-) -> Iterator[dict[str, Any]]:
-    """Install machine, network, bluetooth, aioble and ticks_* for the firmware's app module."""
+def board(secure_ble: bool = True, free_heap: int = 100_000) -> Iterator[dict[str, Any]]:
+    """Install machine, network, bluetooth and aioble (and gc.mem_free) for brelay.app/ble."""
+    import gc
+
     install_micropython()
     WDT.created.clear()
     WLAN.instances.clear()
@@ -202,18 +207,34 @@ def board(
     bluetooth.UUID = UUID  # type: ignore[attr-defined]
     aioble = Aioble(secure_ble)
     saved = {n: sys.modules.get(n) for n in ("machine", "network", "bluetooth", "aioble")}
+    heap = {"free": free_heap, "collects": 0}
+    real_collect = gc.collect
+
+    def collect() -> int:
+        heap["collects"] += 1
+        return 0
+
+    gc.mem_free = lambda: heap["free"]  # type: ignore[attr-defined]
+    gc.collect = collect
     sys.modules.update(machine=machine, network=network, bluetooth=bluetooth, aioble=aioble)
     added_flag = not hasattr(asyncio, "ThreadSafeFlag")
     if added_flag:
-        asyncio.ThreadSafeFlag = asyncio.Event  # type: ignore[attr-defined]
-    for mod in [m for m in sys.modules if m.startswith("brelay.") and m.split(".")[1] in
-                ("app", "ble")]:  # fmt: skip
-        del sys.modules[mod]
+        asyncio.ThreadSafeFlag = ThreadSafeFlag  # type: ignore[attr-defined]
+        asyncio.sleep_ms = sleep_ms  # type: ignore[attr-defined]
+    # brelay.app and brelay.ble bind the hardware modules at import: import them afresh.
+    pkg = sys.modules.get("brelay")
+    for name in ("app", "ble"):
+        sys.modules.pop(f"brelay.{name}", None)
+        if pkg is not None and hasattr(pkg, name):
+            delattr(pkg, name)
     try:
-        yield {"machine": machine, "aioble": aioble, "resets": resets, "platform": platform}
+        yield {"machine": machine, "aioble": aioble, "resets": resets, "heap": heap}
     finally:
+        gc.collect = real_collect
+        del gc.mem_free  # type: ignore[attr-defined]
         if added_flag:
             del asyncio.ThreadSafeFlag  # type: ignore[attr-defined]
+            del asyncio.sleep_ms  # type: ignore[attr-defined]
         for n, m in saved.items():
             if m is None:
                 sys.modules.pop(n, None)
