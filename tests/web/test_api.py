@@ -15,7 +15,7 @@ from node import __version__
 from node.agent import AgentContext
 from node.web import app as webapp
 from node.web.openapi import spec
-from tests.web.conftest import make_ctx
+from tests.web.conftest import make_ctx, seed_earnings
 
 Client = TestClient[web.Request, web.Application]
 
@@ -48,19 +48,30 @@ async def test_section_without_its_service_says_why(
     assert f"the {service} service is not running" in doc["reason"]
 
 
-async def test_section_from_a_service_that_lacks_the_method(ctx: AgentContext) -> None:
+async def test_network_from_the_real_transport_service(ctx: AgentContext) -> None:
     from node.transport.service import TransportService
 
     svc = TransportService(ctx)
     ctx.services["transport"] = svc
     async with TestClient(TestServer(webapp.make_app(ctx))) as client:
         doc = await (await client.get("/api/network")).json()
-    if hasattr(svc, "network"):
-        assert doc["available"] is True
-        assert isinstance(doc["peers"], list)
-    else:
-        assert doc["available"] is False
-        assert "does not offer network" in doc["reason"]
+    assert doc == {"available": True, **json.loads(json.dumps(svc.network()))}
+    assert doc["peers"] == [] and doc["sessions"] == 0
+
+
+async def test_a_failing_service_is_reported_not_hidden(ctx: AgentContext) -> None:
+    from node.transport.service import TransportService
+
+    svc = TransportService(ctx)
+    ctx.services["transport"] = svc
+    # A real failure inside the service: its endpoint is gone.
+    del svc.endpoint
+    async with TestClient(TestServer(webapp.make_app(ctx))) as client:
+        doc = await (await client.get("/api/network")).json()
+        metrics = await (await client.get("/metrics")).text()
+    assert doc["available"] is False
+    assert doc["reason"].startswith("no network figures: the transport service failed (")
+    assert 'bitchat_section_available{section="network"} 0.0' in metrics
 
 
 async def test_hardware_from_the_real_hwmon_service(ctx: AgentContext) -> None:
@@ -411,3 +422,56 @@ def test_docs_describe_every_endpoint_and_setting() -> None:
         assert f"`GET {path}" in text or f"`POST {path}" in text, path
     for f in dataclasses.fields(WebSection):
         assert f"| `{f.name}` |" in text, f.name
+
+
+async def test_storage_figures_actions_and_export_with_the_real_service(
+    tmp_path: Path,
+) -> None:
+    from node.storage_agent.service import StorageService
+
+    box = tmp_path / "box"
+    ctx = make_ctx(box)
+    ctx.db.conn.close()
+    assert seed_earnings(box, days=5)
+    ctx = make_ctx(box)
+    svc = StorageService(ctx)
+    ctx.services["storage"] = svc
+    token = (box / "admin.token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    async with TestClient(TestServer(webapp.make_app(ctx))) as client:
+        earnings = await (await client.get("/api/earnings")).json()
+        assert earnings == {"available": True, **json.loads(json.dumps(svc.earnings()))}
+        assert len(earnings["by_day"]) == 5 and earnings["all_time"] > 0
+        assert earnings["today"] == pytest.approx(
+            sum(earnings["by_day"][-1][k] for k in ("storage", "egress", "relay"))
+        )
+
+        resp = await client.post("/api/actions/allocation", json={"bytes": 10**9}, headers=auth)
+        assert resp.status == 200, await resp.text()
+        storage = await (await client.get("/api/storage")).json()
+        assert storage["allocated_bytes"] == min(10**9, svc.provider.allocated_bytes())
+        assert storage["scores"]["thresholds"]["audit"] > 0
+
+        resp = await client.post("/api/actions/pause", json={"paused": True}, headers=auth)
+        assert resp.status == 200
+        status = await (await client.get("/api/status")).json()
+        assert status["limits"]["refuse_uploads"] is True
+        resp = await client.post("/api/actions/pause", json={"paused": False}, headers=auth)
+        assert (await (await client.get("/api/status")).json())["limits"]["refuse_uploads"] is False
+
+        resp = await client.get("/api/earnings/export?format=json")
+        assert resp.status == 200
+        assert resp.headers["Content-Disposition"].endswith('.json"')
+        exported = json.loads(await resp.read())
+        assert len(exported["vouchers"]) == 1
+        resp = await client.get("/api/earnings/export")
+        assert resp.headers["Content-Type"].startswith("text/csv")
+        lines = (await resp.text()).strip().splitlines()
+        assert lines[0].startswith("channel,") and len(lines) == 2
+
+        metrics = await (await client.get("/metrics")).text()
+        assert (
+            f'bitchat_earnings{{currency="BCT",period="all_time"}} {earnings["all_time"]}'
+            in metrics
+        )
+    ctx.db.conn.close()

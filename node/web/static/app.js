@@ -156,7 +156,10 @@ const render = {
     const count = (p) => peers.filter((x) => x.path === p).length;
     const nat = n.nat || {};
     const paths = { direct: count("direct"), "port-mapped": count("port-mapped"), relayed: count("relayed") };
-    const reach = nat.public_address ? (nat.port_mapping ? "reachable (port-mapped)" : "reachable") : (peers.length ? "through peers" : "not yet known");
+    const reach = nat.public_address
+      ? (nat.port_mapping ? "reachable from outside (port-mapped)" : "public address known")
+      : paths.relayed && !paths.direct && !paths["port-mapped"] ? "only through relays"
+      : peers.length ? "peers reached; public address not yet known" : "no peers yet";
     put("net-reach", reach);
     put("net-nat", nat.class);
     put("net-public", nat.public_address);
