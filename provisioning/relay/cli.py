@@ -83,7 +83,11 @@ def enroll_cmd(
     from provisioning.relay import sealing
 
     sealing.normalise_code(setup_code)
-    enroll._bleak()
-    issued = enroll.issue_key(home_url, token, name, relay_home)
-    found = asyncio.run(enroll.enroll_ble(setup_code, ssid, psk, issued.token, address))
-    click.echo(f"relay {issued.relay_id} at {found} provisioned; it restarts and registers")
+    issued: list[enroll.Issued] = []
+
+    def issue() -> str:
+        issued.append(enroll.issue_key(home_url, token, name, relay_home))
+        return issued[0].token
+
+    found = asyncio.run(enroll.enroll_ble(setup_code, ssid, psk, issue, address))
+    click.echo(f"relay {issued[0].relay_id} at {found} provisioned; it restarts and registers")

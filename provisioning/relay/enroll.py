@@ -6,6 +6,7 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,11 +85,12 @@ async def enroll_ble(
     setup_code: str,
     ssid: str,
     psk: str,
-    token: str,
+    issue_token: Callable[[], str],
     address: str | None = None,
     scan_timeout: float = 10.0,
 ) -> str:
-    """Find a relay in pairing mode, send it the sealed request, wait for its verdict."""
+    """Find a relay in pairing mode, then (only then) get a token, send the sealed request
+    and wait for the relay's verdict; returns the relay's BLE address."""
     bleak = _bleak()
     sealing.normalise_code(setup_code)
     try:
@@ -101,11 +103,12 @@ async def enroll_ble(
             )
     except (bleak.exc.BleakError, OSError) as exc:
         raise FleetError(
-            f"no usable Bluetooth on this machine ({exc}); "
+            f"no usable Bluetooth on this machine ({type(exc).__name__}: {exc}); "
             "use `bitchat-fleet relay flash --port DEV` over USB instead"
         ) from None
     if device is None:
         raise FleetError("no relay in pairing mode found; press its button and retry")
+    token = issue_token()
     async with bleak.BleakClient(device) as client:
         state, nonce, _ = parse_status(bytes(await client.read_gatt_char(STATUS_UUID)))
         if state != 1:
