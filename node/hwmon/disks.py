@@ -17,8 +17,6 @@ A disk that comes back is picked up at the next poll; the agent needs no restart
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import platform
 from abc import ABC, abstractmethod
@@ -28,8 +26,8 @@ from typing import Any
 
 from node.config import Config
 from node.hwmon.errors import SensorError
-from node.hwmon.parse import Mount, parse_ioerr_cnt, parse_mounts
-from node.hwmon.sensors import read_text
+from node.hwmon.parse import DiskStat, Mount, parse_block_stat, parse_ioerr_cnt, parse_mounts
+from node.hwmon.sensors import libc, read_text
 from node.limits import Restriction
 
 _IOPRIO_SYSCALL = {"x86_64": 251, "aarch64": 30, "armv7l": 314, "armv6l": 314, "i686": 289}
@@ -45,12 +43,13 @@ def set_idle_io_priority(tid: int = 0) -> bool:
     else does. Linux I/O priorities are per thread.
     """
     nr = _IOPRIO_SYSCALL.get(platform.machine())
-    name = ctypes.util.find_library("c")
-    if nr is None or name is None:
+    if nr is None:
         return False
-    libc = ctypes.CDLL(name, use_errno=True)
     prio = _IOPRIO_CLASS_IDLE << _IOPRIO_CLASS_SHIFT
-    return int(libc.syscall(nr, _IOPRIO_WHO_PROCESS, tid, prio)) == 0
+    try:
+        return int(libc().syscall(nr, _IOPRIO_WHO_PROCESS, tid, prio)) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 LIMIT_REASON = "data_disk"
@@ -77,6 +76,8 @@ class DiskReading:
     free_bytes: int | None = None
     io_errors: int | None = None
     on_root_fs: bool = False
+    stat: DiskStat | None = None
+    """I/O counters of the whole disk (``/sys/block/<disk>/stat``)."""
 
     @property
     def free_percent(self) -> float | None:
@@ -99,6 +100,16 @@ class DiskReading:
             "free_percent": round(pct, 2) if pct is not None else None,
             "io_errors": self.io_errors,
             "on_root_fs": self.on_root_fs,
+            "io": {
+                "reads": self.stat.reads,
+                "writes": self.stat.writes,
+                "sectors_read": self.stat.sectors_read,
+                "sectors_written": self.stat.sectors_written,
+                "in_flight": self.stat.in_flight,
+                "io_ms": self.stat.io_ms,
+            }
+            if self.stat
+            else None,
         }
 
 
@@ -149,6 +160,12 @@ class LinuxDiskProbe(DiskProbe):
         except (OSError, SensorError):
             return None
 
+    def block_stat(self, disk: str) -> DiskStat | None:
+        try:
+            return parse_block_stat(disk, read_text(self.root / "sys/block" / disk / "stat"))
+        except (OSError, SensorError):
+            return None
+
     def probe(self, data_dir: Path, expected_mount: str | None) -> DiskReading:
         path = os.path.abspath(data_dir)
         mounts = self.mounts()
@@ -176,6 +193,7 @@ class LinuxDiskProbe(DiskProbe):
                 device=f"/dev/{disk}" if disk else mount.device,
                 fstype=mount.fstype,
                 io_errors=self.io_errors(disk) if disk else None,
+                stat=self.block_stat(disk) if disk else None,
                 on_root_fs=mount.mountpoint == "/",
             )
         return reading

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import os
 import shutil
 import subprocess
@@ -197,14 +197,16 @@ class LinuxSensors(Sensors):
         return _adjtimex_sync()
 
 
+@functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, loaded once (``find_library`` would run a subprocess each time)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _adjtimex_sync() -> ClockSync:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return ClockSync(None, "none")
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
         buf = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
-        state = int(libc.adjtimex(buf))
+        state = int(libc().adjtimex(buf))
     except (OSError, AttributeError):
         return ClockSync(None, "none")
     if state < 0:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 _log = log.get_logger(__name__)
 DISK_PROBE_TIMEOUT = 5.0
-SMART_FIRST_DELAY = 60.0
+SMART_FIRST_DELAY = 300.0
 MAX_IDENTIFY_S = 3600.0
 _PEER_KEYS = ("dht_peers", "peers", "routing_table_peers")
 
@@ -91,6 +91,7 @@ class HwmonService:
         self._identify_until = 0.0
         self._led_wake = asyncio.Event()
         self._probe: asyncio.Future[DiskReading] | None = None
+        self.disk_probe_timeout = DISK_PROBE_TIMEOUT
         self._smart_task: asyncio.Task[None] | None = None
         self._next_smart = clock() + SMART_FIRST_DELAY
 
@@ -204,12 +205,12 @@ class HwmonService:
             self._probe = loop.run_in_executor(
                 None, self.disk_probe.probe, self.data_disk, self.expected_mount
             )
-        done, _ = await asyncio.wait({self._probe}, timeout=DISK_PROBE_TIMEOUT)
+        done, _ = await asyncio.wait({self._probe}, timeout=self.disk_probe_timeout)
         if not done:
             return DiskReading(
                 str(self.data_disk),
                 False,
-                f"the data disk does not answer (statvfs blocked for over {DISK_PROBE_TIMEOUT} s)",
+                f"the data disk does not answer (blocked for over {self.disk_probe_timeout:g} s)",
             )
         fut, self._probe = self._probe, None
         return fut.result()
@@ -395,7 +396,7 @@ class HwmonService:
 
     async def identify(self, seconds: float) -> None:
         """Blink every status LED fast for ``seconds`` so the owner can find this box."""
-        if not seconds == seconds or seconds <= 0:  # NaN or not positive
+        if not isinstance(seconds, int | float) or not seconds == seconds or seconds <= 0:
             raise HwmonError(f"identify needs a positive number of seconds, got {seconds!r}")
         seconds = min(float(seconds), MAX_IDENTIFY_S)
         self._identify_until = self.clock() + seconds

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from node.hwmon.disks import DiskPolicy, DiskReading, LinuxDiskProbe, mount_of
+from node.hwmon.disks import (
+    DiskPolicy,
+    DiskReading,
+    FakeDiskProbe,
+    LinuxDiskProbe,
+    mount_of,
+    set_idle_io_priority,
+)
 from node.hwmon.parse import parse_mounts
 from node.hwmon.sensors import FakeSensors
 from node.hwmon.service import HwmonService
@@ -30,6 +39,7 @@ def usb_disk_tree(
     (root / "sys/class/block/sda1").symlink_to(part)
     (root / "sys/class/block/sda").symlink_to(part.parent)
     write(root, "sys/block/sda/device/ioerr_cnt", errors + "\n")
+    write(root, "sys/block/sda/stat", "1203 12 93254 3321 77 51 1024 412 0 2904 3733 0 0 0 0\n")
 
 
 def test_probe_finds_device_and_io_errors(tmp_path: Path) -> None:
@@ -40,6 +50,8 @@ def test_probe_finds_device_and_io_errors(tmp_path: Path) -> None:
     assert r.present and r.mountpoint == str(data) and r.device == "/dev/sda"
     assert r.io_errors == 3 and not r.read_only and not r.on_root_fs
     assert r.total_bytes and r.free_bytes is not None
+    assert r.stat is not None and (r.stat.reads, r.stat.sectors_written) == (1203, 1024)
+    assert r.to_json()["io"]["io_ms"] == 2904
 
 
 def test_probe_read_only_from_mount_options(tmp_path: Path) -> None:
@@ -157,3 +169,46 @@ async def test_disk_loss_read_only_and_return_on_a_real_tmpfs(tmpfs: Path, tmp_p
     assert svc.disk_policy.state == "ok"
     states = [e.data.get("new") for e in reversed(ctx.events.recent(50)) if "new" in e.data]
     assert states == ["missing", "ok", "read_only", "low_space", "ok"]
+
+
+class BlockingProbe(FakeDiskProbe):
+    """A disk whose statvfs hangs until released (a USB disk that stopped answering)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def probe(self, data_dir: Path, expected_mount: str | None) -> DiskReading:
+        self.release.wait(10)
+        return super().probe(data_dir, expected_mount)
+
+
+async def test_a_hung_disk_is_missing_and_never_stalls_the_loop(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "data", tmp_path / "state", leds=[], data_mount="/mnt/usb")
+    probe = BlockingProbe()
+    svc = HwmonService(ctx, sensors=FakeSensors(), disk_probe=probe)
+    svc.disk_probe_timeout = 0.2
+    await svc.poll()
+    await svc.poll()  # the first probe is still stuck: no second thread is started
+    assert svc.disk_policy.state == "missing" and probe.probes == 0
+    assert "does not answer (blocked for over 0.2 s)" in ctx.events.recent(1)[0].message
+    probe.release.set()
+    for _ in range(50):
+        await svc.poll()
+        if svc.disk_policy.state == "ok":
+            break
+    assert svc.disk_policy.state == "ok" and probe.probes <= 2
+
+
+def test_background_threads_can_take_idle_io_priority() -> None:
+    result: list[object] = []
+
+    def scan() -> None:
+        result.append(set_idle_io_priority())
+        result.append(psutil.Process(threading.get_native_id()).ionice().ioclass)
+
+    t = threading.Thread(target=scan)
+    t.start()
+    t.join()
+    assert result == [True, psutil.IOPRIO_CLASS_IDLE]
+    assert psutil.Process().ionice().ioclass != psutil.IOPRIO_CLASS_IDLE  # only that thread

@@ -141,6 +141,14 @@ async def test_missing_gpio_is_reported_once(tmp_path: Path) -> None:
     }  # fmt: skip
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
 async def test_run_loop_on_a_pi_tree_restores_led_triggers(tmp_path: Path) -> None:
     root = build_pi(tmp_path / "root", 5, temp_mc=77000)
     ctx = make_ctx(
@@ -150,12 +158,16 @@ async def test_run_loop_on_a_pi_tree_restores_led_triggers(tmp_path: Path) -> No
     svc = HwmonService(ctx, disk_probe=FakeDiskProbe())
     await svc.start()
     assert (root / "sys/class/leds/ACT/trigger").read_text() == "none"
+    before = snapshot(root)
     task = asyncio.create_task(svc.run())
     for _ in range(200):
         if svc.polls >= 2:
             break
         await asyncio.sleep(0.05)
     assert svc.policy.level.label == "hot" and ctx.limits.bandwidth_cap_bps == 2_000_000
+    changed = {k for k, v in snapshot(root).items() if before.get(k) != v}
+    assert changed <= {"sys/class/leds/ACT/brightness", "sys/class/leds/PWR/brightness"}
+    assert not (tmp_path / "data").exists()  # nothing written anywhere else
     write(root, "sys/class/thermal/thermal_zone0/temp", "garbage\n")
     write(root, "sys/class/hwmon/hwmon0/temp1_input", "garbage\n")
     polls = svc.polls
