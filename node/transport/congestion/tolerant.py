@@ -9,7 +9,8 @@ difference
 
 with ``rtt`` the smallest sample of the round, and compares it with fractions of the
 bandwidth-delay product estimated Westwood-style (``bw`` from the rate of acknowledged bytes,
-low-pass filtered, times ``min_rtt``):
+sampled about once per round trip; the largest of the last ten samples, since random loss
+biases a low-pass filtered rate downwards; times ``min_rtt``):
 
     diff < ALPHA * bdp          probe: slow start doubles, congestion avoidance adds one
                                 datagram per round (Reno)
@@ -27,20 +28,23 @@ Sending is paced at a gain over ``cwnd / min_rtt``.
 
 from __future__ import annotations
 
+from collections import deque
 from enum import Enum
 from typing import Any
 
 from node.transport.congestion.base import CongestionControl, register_congestion_control
 
-ALPHA = 0.05  # queued fraction of the bdp below which the window grows
-BETA = 0.15  # queued fraction of the bdp above which the window is cut to the bdp
+ALPHA = 0.04  # queued fraction of the bdp below which the window grows
+BETA = 0.12  # queued fraction of the bdp above which the window is cut to the bdp
 LOSS_SAMPLE_ACKS = 100  # ACKs per loss-rate estimate
 BW_FILTER = 0.25  # weight of a new bandwidth sample (Westwood+ low-pass filter)
+BW_WINDOW = 10  # samples (about one per round trip) the bandwidth maximum is taken over
 MIN_RTT_WINDOW = 10.0  # seconds a min_rtt sample stays valid
 SATURATION_ROUNDS = 4  # rounds held in saturation before probing again
 PACING_GAIN_STARTUP = 2.0
-PACING_GAIN = 1.25
-BURST_LOSS_MARGIN = 0.02  # a round's loss rate this far above the usual one is congestion
+PACING_GAIN = 1.05
+BURST_LOSS_MARGIN = 0.05  # a round's loss rate this far above the usual one is congestion
+BURST_LOSS_PACKETS = 4  # ... provided the round lost at least this many packets
 DELAY_NOISE = 0.005  # seconds of RTT variation never taken for a queue (scheduling, timers)
 
 
@@ -75,6 +79,8 @@ class Tolerant(CongestionControl):
         # bandwidth sampling
         self._bw_start = -1.0
         self._bw_bytes = 0
+        self._bw_samples: deque[float] = deque(maxlen=BW_WINDOW)
+        self.max_bandwidth = 0.0
         # loss-rate sampling
         self._sample_acks = 0
         self._sample_acked_bytes = 0
@@ -82,7 +88,7 @@ class Tolerant(CongestionControl):
 
     @property
     def bdp(self) -> float:
-        return self.bandwidth * self.min_rtt
+        return self.max_bandwidth * self.min_rtt
 
     def _alpha(self) -> float:
         return max(ALPHA * self.bdp, self.bandwidth * DELAY_NOISE / 2)
@@ -144,6 +150,9 @@ class Tolerant(CongestionControl):
             self.bandwidth = sample
         elif not app_limited or sample > self.bandwidth:
             self.bandwidth += BW_FILTER * (sample - self.bandwidth)
+        if not app_limited or sample > self.max_bandwidth:
+            self._bw_samples.append(sample)
+            self.max_bandwidth = max(self._bw_samples)
         self._bw_start = now
         self._bw_bytes = 0
 
@@ -176,7 +185,8 @@ class Tolerant(CongestionControl):
                 self.phase = Phase.PROBING
                 self._rounds_saturated = 0
         total = self._round_acked + self._round_lost
-        if total > 0 and self._round_lost > 0 and not self._delay_signal():
+        lost_packets = self._round_lost // self.max_datagram_size
+        if lost_packets >= BURST_LOSS_PACKETS and not self._delay_signal():
             round_loss = self._round_lost / total
             if round_loss > 2 * self.loss_rate + BURST_LOSS_MARGIN:
                 self._cut(now, to_bdp=False)
@@ -192,7 +202,9 @@ class Tolerant(CongestionControl):
         self._last_cut = now
         self.congestion_events += 1
         if to_bdp and self.bdp > 0:
-            target = max(self.bdp, self.congestion_window / 2)
+            # drain what this flow keeps queued, but not below the Westwood estimate
+            drained = self.congestion_window - self.diff
+            target = max(drained, self.bdp, self.congestion_window / 2)
         else:
             # A loss burst without a queue: the more random loss is usual here, the gentler.
             factor = 0.5 + min(self.loss_rate * 10, 0.35)
@@ -207,7 +219,7 @@ class Tolerant(CongestionControl):
     ) -> None:
         self._round_lost += lost_bytes
         self._sample_lost_bytes += lost_bytes
-        if self._delay_signal() and newest_sent_time > self._last_cut:
+        if self.diff > self._beta() and newest_sent_time > self._last_cut:
             self._cut(now, to_bdp=True)
         else:
             self.random_losses += 1
@@ -236,6 +248,7 @@ class Tolerant(CongestionControl):
             **super().status(),
             "phase": self.phase.value,
             "bandwidth_bps": round(self.bandwidth * 8),
+            "max_bandwidth_bps": round(self.max_bandwidth * 8),
             "min_rtt_ms": round(self.min_rtt * 1000, 2),
             "loss_rate": round(self.loss_rate, 4),
             "congestion_events": self.congestion_events,

@@ -1,0 +1,117 @@
+"""Congestion controllers: the registry, unit behaviour, and goodput on a simulated lossy link."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.transport.congestion import available, create_congestion_control
+from node.transport.congestion.tolerant import Phase, Tolerant
+from node.transport.connection import ConnectionCore
+from tests.transport.netsim import FakeNetwork, Link, config, make_endpoint
+
+MDS = 1350
+
+
+def test_registry() -> None:
+    assert available() == ("newreno", "tolerant")
+    assert create_congestion_control("newreno", max_datagram_size=MDS).congestion_window == 13500
+    with pytest.raises(ValueError, match="unknown congestion control 'cubic'"):
+        create_congestion_control("cubic", max_datagram_size=MDS)
+
+
+def test_newreno_halves_once_per_recovery() -> None:
+    cc = create_congestion_control("newreno", max_datagram_size=MDS)
+    cc.on_packets_acked(acked_bytes=13500, newest_sent_time=0.1, bytes_in_flight=0, now=0.2)
+    assert cc.congestion_window == 27000
+    cc.on_packets_lost(lost_bytes=MDS, newest_sent_time=0.15, bytes_in_flight=0, now=0.3)
+    assert cc.congestion_window == 13500
+    cc.on_packets_lost(lost_bytes=MDS, newest_sent_time=0.25, bytes_in_flight=0, now=0.31)
+    assert cc.congestion_window == 13500  # same recovery period
+
+
+def _drive(
+    cc: Tolerant,
+    rtt: float,
+    rounds: int,
+    t: float,
+    loss_every: int = 0,
+    peak: list[int] | None = None,
+) -> float:
+    """Feed a steady flow: one ACK of 2 datagrams every so often, RTT ``rtt``."""
+    acks = 0
+    for _ in range(rounds):
+        per_round = max(1, cc.congestion_window // (2 * MDS))
+        for _ in range(per_round):
+            t += rtt / per_round
+            acks += 1
+            cc.on_rtt_measurement(latest_rtt=rtt, min_rtt=0.05, smoothed_rtt=rtt, now=t)
+            cc.on_packets_acked(
+                acked_bytes=2 * MDS,
+                newest_sent_time=t - rtt,
+                bytes_in_flight=cc.congestion_window,
+                now=t,
+            )
+            if peak is not None:
+                peak.append(cc.congestion_window)
+            if loss_every and acks % loss_every == 0:
+                cc.on_packets_lost(
+                    lost_bytes=MDS, newest_sent_time=t - rtt / 2, bytes_in_flight=0, now=t
+                )
+    return t
+
+
+def test_tolerant_ignores_random_loss_without_delay() -> None:
+    cc = Tolerant(max_datagram_size=MDS)
+    t = _drive(cc, 0.05, 8, 0.0)
+    grown = cc.congestion_window
+    assert cc.phase == Phase.SLOW_START
+    _drive(cc, 0.05, 6, t, loss_every=30)  # ~3 % loss, RTT flat
+    assert cc.congestion_window >= grown
+    assert cc.random_losses > 0 and cc.congestion_events == 0
+
+
+def test_tolerant_backs_off_when_a_queue_builds() -> None:
+    cc = Tolerant(max_datagram_size=MDS)
+    t = _drive(cc, 0.05, 8, 0.0)
+    peak: list[int] = []
+    _drive(cc, 0.08, 3, t, peak=peak)  # RTT 60 % above the minimum: a queue of our own making
+    assert cc.congestion_events >= 1
+    assert cc.phase != Phase.SLOW_START
+    assert cc.congestion_window < 0.7 * max(peak)
+    assert cc.congestion_window >= min(cc.bdp, max(peak) / 4)
+
+
+def _goodput(cc: str, loss: float, seconds: float = 3.0, seed: int = 5) -> float:
+    """Mbit/s delivered over a 20 Mbit/s, 50 ms RTT, one-BDP-buffer link with random loss."""
+    link = Link(delay=0.025, loss=loss, rate_bps=20e6, queue_bytes=125_000)
+    net = FakeNetwork(seed=seed, link=link)
+    a = make_endpoint(1, config=config(congestion=cc))
+    b = make_endpoint(2, config=config(congestion=cc))
+    net.attach(("198.18.0.1", 1), a)
+    net.attach(("198.18.0.2", 2), b)
+    c = a.connect(("198.18.0.2", 2), net.now)
+    net.run_until(lambda: c.is_established and any(x.is_established for x in b.live()))
+    s: ConnectionCore = next(iter(b.live()))
+    sid = c.open_stream()
+    c.send_stream(sid, bytes(int(20e6 / 8 * seconds * 1.2)))
+    a.touch(c)
+    start = net.now
+    got = 0
+    while net.now < start + seconds:
+        net.step()
+        data, _ = s.read_stream(sid)
+        if data:
+            got += len(data)
+            b.touch(s)
+    return got * 8 / seconds / 1e6
+
+
+def test_tolerant_keeps_a_lossy_link_full_where_newreno_collapses() -> None:
+    tolerant = _goodput("tolerant", 0.03)
+    newreno = _goodput("newreno", 0.03)
+    assert tolerant > 13.0  # >65 % of 20 Mbit/s over 3 s including slow start
+    assert newreno < tolerant / 2
+
+
+def test_tolerant_fills_a_clean_link() -> None:
+    assert _goodput("tolerant", 0.0) > 15.0  # 77 % including slow start
