@@ -425,7 +425,18 @@ def topology(spec: LinkSpec | None) -> Iterator[Topology]:
         else:
             client, server = lab.namespace("client"), lab.namespace("server")
             link = lab.link(client, server, emulate=spec)
+            started = time.monotonic()
             yield Topology(lab, client, server, link.addr_b, cert, key)
+            stats = link.stats()
+            EMULATOR_HEALTH.append(
+                f"{spec.delay_ms * 2:g} ms/{spec.loss:.0%}/{spec.queue_bytes // 1000} kB queue: "
+                f"{stats['cpu_seconds'] / (time.monotonic() - started):.0%} of a core, "
+                f"timer late mean {stats['timer_late_ms_mean']:.2f} ms, "
+                f"max {stats['timer_late_ms_max']:.1f} ms"
+            )
+
+
+EMULATOR_HEALTH: list[str] = []
 
 
 def goodput(spec: LinkSpec | None, peers: list[str], seconds: float) -> dict[str, Any]:
@@ -584,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
           f"in both directions; {t:g} s per transfer, one run per cell; "
           f"total {time.monotonic() - started:.0f} s")  # fmt: skip
     print_table(rows, peers)
+    if EMULATOR_HEALTH:
+        print("\nlink emulator (whole run of each condition): " + "; ".join(EMULATOR_HEALTH))
     return 0
 
 

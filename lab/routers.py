@@ -55,12 +55,13 @@ class Nat(enum.Enum):
 
 
 def ruleset(
-    nat: Nat, *, loss_percent: int = 0, map_timeout: int = _DEFAULT_UDP_STREAM_TIMEOUT,
-    dnat_accept: bool = False,
+    nat: Nat, lan: str, *, loss_percent: int = 0,
+    map_timeout: int = _DEFAULT_UDP_STREAM_TIMEOUT, dnat_accept: bool = False,
 ) -> str:  # fmt: skip
-    """The nftables ruleset of a router of class ``nat`` (WAN interface ``wan``).
-
-    ``dnat_accept`` also forwards inbound traffic that some other rule (miniupnpd) DNATed.
+    """The nftables ruleset of a router of class ``nat`` (WAN interface ``wan``) for inside
+    addresses ``lan`` (a prefix). The router's own traffic (miniupnpd's STUN check) is not
+    translated. ``dnat_accept`` also forwards inbound traffic that some other rule
+    (miniupnpd) DNATed.
     """
     if not 0 <= loss_percent <= 100:
         raise LabError(f"router loss_percent={loss_percent} must be within 0..100")
@@ -89,23 +90,23 @@ def ruleset(
     masquerade = "masquerade random,fully-random" if nat is Nat.SYMMETRIC else "masquerade"
     lines += [
         "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;",
-        f'    oifname "wan" {masquerade}',
+        f'    oifname "wan" ip saddr {lan} {masquerade}',
         "  }",
     ]
     if cone:
         # After source NAT: the UDP source port is the external one; conntrack still knows the
         # inside address (original direction for outgoing flows, reply for DNATed ones).
-        lines += [
-            "  chain track { type filter hook postrouting priority srcnat + 10; policy accept;",
-            f'    oifname "wan" ct direction original meta l4proto udp update @cone '
-            f"{{ udp sport {t} : ct original ip saddr . ct original proto-src }}",
-            f'    oifname "wan" ct direction reply meta l4proto udp update @cone '
-            f"{{ udp sport {t} : ct reply ip saddr . ct reply proto-src }}",
-        ]
-        if nat is Nat.RESTRICTED_CONE:
+        lines.append(
+            "  chain track { type filter hook postrouting priority srcnat + 10; policy accept;"
+        )
+        for way in ("original", "reply"):
+            match = f'oifname "wan" ct direction {way} ct {way} ip saddr {lan} meta l4proto udp'
             lines.append(
-                f'    oifname "wan" meta l4proto udp update @peers {{ udp sport . ip daddr {t} }}'
+                f"    {match} update @cone {{ udp sport {t} : ct {way} ip saddr . "
+                f"ct {way} proto-src }}"
             )
+            if nat is Nat.RESTRICTED_CONE:
+                lines.append(f"    {match} update @peers {{ udp sport . ip daddr {t} }}")
         lines.append("  }")
     lines.append("}")
     lines += [
@@ -199,7 +200,7 @@ class Router:
         """(Re)load this router's NAT and filter rules."""
         self.ns.nft(
             ruleset(
-                self.nat, loss_percent=self.loss_percent,
+                self.nat, f"10.{self.lan_index}.0.0/16", loss_percent=self.loss_percent,
                 map_timeout=max(self.udp_timeout, self.udp_stream_timeout),
                 dnat_accept=self.upnp is not None,
             )

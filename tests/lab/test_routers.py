@@ -3,10 +3,12 @@ mapping ports, conntrack timeouts, random loss, emulated WAN and LAN links."""
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 
 import pytest
@@ -161,7 +163,7 @@ def test_ruleset_rejects_bad_loss() -> None:
     from lab import LabError
 
     with pytest.raises(LabError, match="loss_percent"):
-        ruleset(Nat.SYMMETRIC, loss_percent=101)
+        ruleset(Nat.SYMMETRIC, "10.1.0.0/16", loss_percent=101)
 
 
 # -- miniupnpd -----------------------------------------------------------------------------
@@ -211,3 +213,62 @@ def test_miniupnpd_maps_a_port_by_natpmp() -> None:
         router.flush_conntrack()
         outsider.socket().sendto(b"after", (router.wan_addr, 41000))
         assert received(service) is None
+
+
+SOAP = """<?xml version="1.0"?>
+<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"
+ s:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/"><s:Body>
+<u:AddPortMapping xmlns:u="{service}"><NewRemoteHost></NewRemoteHost>
+<NewExternalPort>{external}</NewExternalPort><NewProtocol>UDP</NewProtocol>
+<NewInternalPort>{internal}</NewInternalPort><NewInternalClient>{client}</NewInternalClient>
+<NewEnabled>1</NewEnabled><NewPortMappingDescription>lab</NewPortMappingDescription>
+<NewLeaseDuration>600</NewLeaseDuration></u:AddPortMapping></s:Body></s:Envelope>"""
+
+
+def test_miniupnpd_answers_ssdp_and_maps_a_port_by_upnp_igd() -> None:
+    require_lab()
+    require_binary("miniupnpd", "miniupnpd-nftables")
+    with Lab() as lab:
+        router = lab.router("home", "symmetric", upnp=True)
+        host = router.host("h")
+        outsider = lab.public_host("outsider")
+        search = host.socket()
+        search.sendto(
+            b'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\n'
+            b"MX: 1\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\r\n",
+            ("239.255.255.250", 1900),
+        )
+        answer = received(search, 3)
+        assert answer is not None, "no SSDP answer on the LAN"
+        match = re.search(rb"(?im)^location:\s*(\S+)", answer)
+        assert match is not None
+        location = match.group(1).decode()
+        assert location.startswith(f"http://{router.lan_gateway}:")
+        with host.entered():
+            description = urllib.request.urlopen(location, timeout=5).read().decode()
+        service = re.search(
+            r"<serviceType>(urn:schemas-upnp-org:service:WANIPConnection:\d)</serviceType>"
+            r".*?<controlURL>([^<]+)</controlURL>",
+            description,
+            re.S,
+        )
+        assert service is not None
+        kind, control = service.groups()
+        body = SOAP.format(service=kind, external=42000, internal=40001, client=host.addr)
+        request = urllib.request.Request(
+            location.split("/rootDesc")[0] + control,
+            data=body.encode(),
+            headers={
+                "Content-Type": 'text/xml; charset="utf-8"',
+                "SOAPAction": f'"{kind}#AddPortMapping"',
+            },
+        )
+        with host.entered():
+            try:
+                urllib.request.urlopen(request, timeout=5)
+            except urllib.error.HTTPError as exc:
+                raise AssertionError(f"AddPortMapping failed: {exc.read().decode()}") from exc
+        service_sock = host.socket()
+        service_sock.bind(("0.0.0.0", 40001))
+        outsider.socket().sendto(b"via igd", (router.wan_addr, 42000))
+        assert received(service_sock) == b"via igd"
