@@ -9,7 +9,8 @@ loss in both directions. Goodput counts bytes the receiving application got duri
 - competing: the peer's flow and one CUBIC (then one BBR) flow started together on the 50 ms,
   one-BDP link, no random loss: the two goodputs;
 - queueing delay: 50 ms RTT with a 4-BDP queue: RTT p50 of 10 probes/s, idle and under load;
-- loopback (no emulator, ``lo`` of one namespace): CPU-bound goodput.
+- loopback (no emulator, ``lo`` of one namespace): CPU-bound goodput;
+- the RSS of a process holding 1,000 idle sessions of our transport (loopback).
 
 Run as root: ``python -m bench.transport [--seconds 30] [--rows loss,compete,queue,loopback]``.
 The "bitchat" column is our transport (``node.transport.endpoint``); it reads "n/a" until that
@@ -266,6 +267,69 @@ def bitchat_bulk_client(connect: str, limit: float) -> dict[str, Any]:
     return {"sent": asyncio.run(run())}
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bitchat_idle_server(bind: str, count: int) -> dict[str, Any]:
+    """An endpoint that waits for ``count`` sessions, then reports its process's RSS."""
+
+    async def run() -> dict[str, Any]:
+        before = _rss_mb()
+        endpoint = await open_bitchat_endpoint(_split(bind))
+        empty = _rss_mb()
+        _ready()
+        deadline = time.monotonic() + 180
+        while len(list(endpoint.connections)) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)  # idle: only keepalives from here on
+        result = {
+            "sessions": len(list(endpoint.connections)),
+            "rss_mb": _rss_mb(),
+            "rss_endpoint_mb": empty,
+            "rss_interpreter_mb": before,
+        }
+        await endpoint.close()
+        return result
+
+    return asyncio.run(run())
+
+
+def bitchat_idle_clients(connect: str, count: int) -> dict[str, Any]:
+    """``count`` sessions to ``connect``, each from its own identity, 50 per loopback address
+    (127.0.0.2, .3, ...) to stay within per-address and per-identity session limits."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 256)), hard))
+
+    async def run() -> None:
+        gate = asyncio.Semaphore(32)
+        endpoints: list[Any] = []
+        failures = 0
+
+        async def one(i: int) -> None:
+            nonlocal failures
+            async with gate:
+                endpoint = await open_bitchat_endpoint((f"127.0.0.{2 + i // 50}", 0))
+                endpoints.append(endpoint)
+                try:
+                    await endpoint.connect(_split(connect))
+                except Exception:
+                    failures += 1
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        print(json.dumps({"connected": count - failures}), flush=True)
+        await asyncio.sleep(3600)  # hold the sessions open (idle) until stopped
+
+    asyncio.run(run())
+    return {}
+
+
 def udp_echo(bind: str) -> dict[str, Any]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(_split(bind))
@@ -283,6 +347,8 @@ WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "bitchat-sink": lambda a: bitchat_bulk_server(a.bind, a.window),
     "bitchat-source": lambda a: bitchat_bulk_client(a.connect, a.limit),
     "udp-echo": lambda a: udp_echo(a.bind),
+    "bitchat-idle-server": lambda a: bitchat_idle_server(a.bind, a.count),
+    "bitchat-idle-clients": lambda a: bitchat_idle_clients(a.connect, a.count),
 }
 
 
@@ -305,6 +371,7 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--cc", default="bbr")
     parser.add_argument("--cert", default="")
     parser.add_argument("--key", default="")
+    parser.add_argument("--count", type=int, default=1000)
     args = parser.parse_args(argv)
     try:
         result = WORKERS[args.kind](args)
@@ -521,6 +588,42 @@ def queueing(spec: LinkSpec, peers: list[str], seconds: float) -> dict[str, Any]
     return out
 
 
+def idle_sessions(peers: list[str], count: int) -> dict[str, Any]:
+    """RSS of a process holding ``count`` idle sessions (our transport only)."""
+    out: dict[str, Any] = {p: "n/a" for p in peers if p != "bitchat"}
+    if "bitchat" not in peers:
+        return out
+    if not bitchat_available():
+        out["bitchat"] = "n/a (transport not built)"
+        return out
+    with topology(None) as top:
+        bind = f"127.0.0.1:{next(top.ports)}"
+        server = top.server.python("worker", "bitchat-idle-server", "--bind", bind, "--count",
+                                   str(count), module="bench.transport", stdout=subprocess.PIPE,
+                                   text=True)  # fmt: skip
+        if _await_line(server, 30) != "ready":
+            out["bitchat"] = "failed to start"
+            return out
+        clients = top.client.python("worker", "bitchat-idle-clients", "--connect", bind,
+                                    "--count", str(count), module="bench.transport",
+                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+        line = _await_line(server, 240)
+        clients.kill()
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            out["bitchat"] = "failed"
+            return out
+        if "error" in result:
+            out["bitchat"] = result["error"]
+        else:
+            out["bitchat"] = (
+                f"{result['rss_mb']:.1f} MB with {result['sessions']} sessions "
+                f"(endpoint alone {result['rss_endpoint_mb']:.1f} MB)"
+            )
+    return out
+
+
 # -- the table ---------------------------------------------------------------------------
 
 
@@ -555,8 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="per transfer (30)")
     parser.add_argument("--loopback-seconds", type=float, default=10.0,
                         help="per loopback transfer (10; CPU-bound, so kept short)")  # fmt: skip
-    parser.add_argument("--rows", default="loss,compete,queue,loopback",
-                        help="comma list of: loss, compete, queue, loopback")  # fmt: skip
+    parser.add_argument("--rows", default="loss,compete,queue,loopback,sessions",
+                        help="comma list of: loss, compete, queue, loopback, sessions")  # fmt: skip
+    parser.add_argument("--sessions", type=int, default=1000, help="idle sessions (1000)")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ",".join(PEERS))
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -590,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         show("4xBDP queue: RTT p50 idle → loaded", queueing(spec, peers, t))
     if "loopback" in wanted:
         show("loopback goodput Mbit/s (CPU-bound)", goodput(None, peers, args.loopback_seconds))
+    if "sessions" in wanted:
+        show(f"{args.sessions:,} idle sessions: process RSS", idle_sessions(peers, args.sessions))
     print()
     print(f"bench.transport: {RATE_MBIT:g} Mbit/s bottleneck, queue of one BDP unless noted, loss "
           f"in both directions; {t:g} s per transfer, one run per cell; "
