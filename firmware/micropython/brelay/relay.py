@@ -351,6 +351,14 @@ class Relay:
         if tell:
             self._send(wire.ALLOC_END, s.alloc_id, reason, s.pkts, s.bytes)
 
+    def sockets(self):
+        """Every open socket (for a poll/select loop that sleeps until one is readable)."""
+        out = [self.ctl] if self.ctl is not None else []
+        for s in self.slots:
+            if s.used:
+                out.extend(x for x in s.socks if x is not None)
+        return out
+
     def allocations(self):
         return sum(1 for s in self.slots if s.used)
 
