@@ -14,12 +14,13 @@ Commands (every one idempotent):
   activate VERSION    make VERSION current (the old one becomes previous) and restart
   rollback            make previous current again and restart
   health VERSION      wait until the agent answers /api/status with VERSION (exit 1 if not)
-  facts               print a JSON document: versions, node id, token, API documents, sensors
+  facts               print a JSON document: versions, node id, token hash, API, sensors
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -161,7 +162,7 @@ def restart(cfg: dict[str, str]) -> None:
     _run(shlex.split(cfg["BITCHAT_RESTART"]))
 
 
-def activate(cfg: dict[str, str], version: str) -> None:
+def activate(cfg: dict[str, str], version: str, *, restart_agent: bool = True) -> None:
     prefix = Path(cfg["BITCHAT_PREFIX"])
     release = prefix / "releases" / version
     if not (release / ".installed").exists():
@@ -172,7 +173,8 @@ def activate(cfg: dict[str, str], version: str) -> None:
         if current:
             _link(f"releases/{current}", prefix / "previous")
         _link(f"releases/{version}", prefix / "current")
-    restart(cfg)
+    if restart_agent:
+        restart(cfg)
 
 
 def rollback(cfg: dict[str, str]) -> str:
@@ -251,14 +253,15 @@ def facts(cfg: dict[str, str]) -> dict[str, Any]:
         "version": _version_of(prefix / "current") or None,
         "previous": _version_of(prefix / "previous") or None,
         "node_id": _node_id(cfg),
-        "token": None,
+        "token_sha256": None,
         "temperature_c": None,
         "disk": None,
         "api": {},
     }
     token_file = Path(os.environ.get("BITCHAT_ETC", "/etc/bitchat-node")) / "enrollment.token"
     with contextlib.suppress(OSError):
-        out["token"] = token_file.read_text().strip()
+        token = token_file.read_text().strip().encode()
+        out["token_sha256"] = hashlib.sha256(token).hexdigest()
     try:
         milli = int(Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip())
         out["temperature_c"] = round(milli / 1000, 1)
@@ -284,7 +287,11 @@ def firstboot(cfg: dict[str, str]) -> None:
     """First boot: agent user, interpreter venv, release, data dir, hostname; then start."""
     prefix = Path(cfg["BITCHAT_PREFIX"])
     user = cfg["BITCHAT_USER"]
-    if shutil.which("useradd") and subprocess.run(["id", user], capture_output=True).returncode:
+    if (
+        user
+        and shutil.which("useradd")
+        and subprocess.run(["id", user], capture_output=True).returncode
+    ):
         _run(
             [
                 "useradd",
@@ -314,7 +321,8 @@ def firstboot(cfg: dict[str, str]) -> None:
         _run([str(launcher), "init", "--data-dir", str(data_dir)])
         if os.geteuid() == 0 and user:
             _run(["chown", "-R", f"{user}:{user}", str(data_dir)])
-    activate(cfg, version)
+    # systemd starts the agent after this unit (ordering), so no restart from here.
+    activate(cfg, version, restart_agent=False)
 
 
 def set_hostname(pattern: str) -> str:

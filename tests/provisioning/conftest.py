@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.provisioning.boxes import FakeBox, start_boxes, stop_boxes
 from tests.provisioning.pi_image import make_pi_image
 from tests.provisioning.wheels import make_wheel
 from tests.support import require_binary
@@ -78,3 +80,18 @@ config = "node-config.toml"
 """
     dest.write_text(body)
     return dest
+
+
+@pytest.fixture(scope="module")
+def boxes(
+    tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path, operator_key: Path
+) -> Iterator[list[FakeBox]]:
+    """Three boxes, each a real sshd on loopback in front of a real agent."""
+    require_binary("sshd", "openssh-server")
+    started = start_boxes(
+        tmp_path_factory.mktemp("fleet"), 3, wheelhouse, operator_key.with_suffix(".pub")
+    )
+    try:
+        yield started
+    finally:
+        stop_boxes(started)
