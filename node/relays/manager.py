@@ -263,6 +263,7 @@ class RelayManager:
                 out.append(
                     {
                         "relay_id": s.record.relay_id.hex(),
+                        "address": f"{s.address[0]}:{s.port_base}",
                         "host": s.address[0],
                         "port_base": s.port_base,
                         "slots_free": s.slots - len(s.active) - len(s.pending),

@@ -208,6 +208,10 @@ class RelaysService:
         """Relay offers for the node record (registered relays with free slots)."""
         return self.manager.offers(time.time())
 
+    def relay_addresses(self) -> tuple[str, ...]:
+        """``HOST:PORT`` of each offered relay, as node records list them."""
+        return tuple(str(o["address"]) for o in self.relay_offers())
+
     def relays(self) -> list[dict[str, object]]:
         """Health of every enrolled relay, for the dashboard."""
         return self.manager.health(time.time())

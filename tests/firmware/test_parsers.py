@@ -146,3 +146,22 @@ def test_manifests(tmp_path: Path, doc: Any) -> None:
     except bundle.BundleError:
         return
     assert all(not f.path.startswith("/") for f in b.files)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=200)
+@given(st.binary(max_size=80), st.binary(max_size=200))
+def test_relay_manager_ignores_junk_datagrams(tmp_path: Path, head: bytes, tail: bytes) -> None:
+    from node import state
+    from node.relays.manager import RelayManager
+    from node.relays.store import RelayStore
+
+    db = state.open_state(tmp_path / "state.db")
+    try:
+        store = RelayStore(db)
+        rec = store.all()[0] if store.all() else store.issue("fuzz")
+        mgr = RelayManager(store)
+        for data in (head + tail, b"BR\x01\x01" + rec.relay_id + head + tail):
+            assert mgr.receive(data, ("192.0.2.1", 7), 1.0) == []
+        assert mgr.sessions == {} and mgr.rejected == 2
+    finally:
+        db.conn.close()

@@ -34,6 +34,7 @@ def test_registers_and_heartbeats_report_heap(rig: Rig) -> None:
     assert health[0]["online"] is True and health[0]["free_heap"] == 41000
     offers = rig.box.manager.offers(rig.box.wall)
     assert offers == [{"relay_id": rig.record.relay_id.hex(), "host": "127.0.0.1",
+                       "address": f"127.0.0.1:{rig.base}",
                        "port_base": rig.base, "slots_free": 4}]  # fmt: skip
 
 
