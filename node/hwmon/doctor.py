@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib.util
 import json
 import os
 import socket
@@ -26,6 +27,8 @@ from node.errors import NodeError
 from node.hwmon.disks import DiskReading, LinuxDiskProbe, data_disk_dir
 from node.hwmon.errors import SensorError
 from node.hwmon.findings import Finding, worst
+from node.hwmon.gpio import INSTALL_HINT
+from node.hwmon.parse import parse_led_trigger
 from node.hwmon.sensors import LinuxSensors, Readings, read_all
 from node.hwmon.smart import read_smart, smart_finding
 from node.hwmon.thermal import ThermalConfig
@@ -234,6 +237,30 @@ def check_sensors(box: Box) -> Iterator[Finding]:
                       "run systemd-timesyncd or chrony")  # fmt: skip
 
 
+def check_devices(box: Box) -> Iterator[Finding]:
+    """The LEDs, fan and GPIO library the config asks for (looked at, never driven)."""
+    hw = box.cfg.hwmon
+    for name in hw.leds:
+        base = box.root / "sys/class/leds" / name
+        try:
+            trigger, _ = parse_led_trigger((base / "trigger").read_text(errors="replace")[:4096])
+        except (OSError, SensorError) as exc:
+            yield Finding(
+                "warn", "leds", f"board LED {name!r} unusable at {base}: {exc}",
+                "set [hwmon] leds to the LEDs this board has, or [] for none",
+            )  # fmt: skip
+            continue
+        yield Finding("ok", "leds", f"board LED {name} present (trigger {trigger})")
+    if hw.fan_pin >= 0 or hw.led_pin >= 0:
+        pins = ", ".join(f"{what} GPIO {pin}" for what, pin in
+                         (("fan", hw.fan_pin), ("LED", hw.led_pin)) if pin >= 0)  # fmt: skip
+        if importlib.util.find_spec("RPi") is None:
+            yield Finding("warn", "gpio", f"{pins} configured but the RPi.GPIO API is missing",
+                          INSTALL_HINT)  # fmt: skip
+        else:
+            yield Finding("ok", "gpio", f"{pins} via the RPi.GPIO API")
+
+
 def _bind_free(kind: int, hostport: str) -> str | None:
     """None when ``hostport`` can be bound now, else why not."""
     host, port = config.parse_hostport(hostport)
@@ -343,6 +370,7 @@ CHECKS: tuple[Callable[[Box], Iterator[Finding]], ...] = (
     check_data_disk,
     check_smart,
     check_sensors,
+    check_devices,
     check_agent,
 )
 

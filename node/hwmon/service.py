@@ -321,7 +321,7 @@ class HwmonService:
             return True
 
     def _joined(self) -> bool:
-        for name in ("overlay", "dht", "transport"):
+        for name in ("overlay", "dht", "transport", "storage"):
             svc = self.ctx.services.get(name)
             if svc is None:
                 continue
@@ -381,6 +381,8 @@ class HwmonService:
     def led_step(self, now: float) -> float | None:
         """Bring the LEDs up to date for ``now``; returns when they next need attention."""
         self.leds.sequencer.set(self._pattern(now), now)
+        if not self.leds.leds:
+            return None  # nothing to blink: no wake-ups
         nxt = self.leds.apply(now)
         if now < self._identify_until:
             nxt = self._identify_until if nxt is None else min(nxt, self._identify_until)
@@ -400,7 +402,7 @@ class HwmonService:
             raise HwmonError(f"identify needs a positive number of seconds, got {seconds!r}")
         seconds = min(float(seconds), MAX_IDENTIFY_S)
         self._identify_until = self.clock() + seconds
-        self.ctx.events.emit("info", self.name, f"identify: blinking the LEDs for {seconds:g} s")
+        _log.info("identify", seconds=seconds, leds=len(self.leds.leds))
         self._led_wake.set()
 
     # -- reporting -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import stat
 from pathlib import Path
@@ -64,6 +65,7 @@ def test_healthy_box(tmp_path: Path, data_dir: Path) -> None:
     assert got["throttling"] == ["OK never throttled since boot"]
     assert got["power"] == ["OK supply voltage good since boot"]
     assert got["clock"] == ["OK clock synchronised (systemd-timesyncd)"]
+    assert got["leds"] == ["OK board LED ACT present (trigger mmc0)"]
     assert [x.split()[0] for x in got["ports"]] == ["OK", "OK"]
     assert got["agent"][0].startswith("WARN the agent is not running")
     assert result.output.splitlines()[-1] == "doctor: passed with warnings"
@@ -77,6 +79,7 @@ def test_broken_box(tmp_path: Path, data_dir: Path) -> None:
     tool = fake_smartctl(tmp_path, "sleep 30")
     (data_dir / "config.toml").write_text(
         f'[hwmon]\nsmartctl = "{tool}"\nsmart_timeout_s = 0.3\ndata_mount = "/mnt/usb"\n'
+        'fan_pin = 18\nleds = ["ACT", "led0"]\n'
     )
     (data_dir / "identity.key").chmod(0o644)
     result = CliRunner().invoke(
@@ -96,6 +99,12 @@ def test_broken_box(tmp_path: Path, data_dir: Path) -> None:
     assert "not synchronised" in got["warn", "clock"]["message"]
     assert "proc/loadavg" in got["warn", "load"]["message"]
     assert all(f["action"] for f in doc["findings"] if f["level"] == "fail")
+    assert "board LED 'led0' unusable" in got["warn", "leds"]["message"]
+    if importlib.util.find_spec("RPi") is None:
+        assert got["warn", "gpio"]["message"] == (
+            "fan GPIO 18 configured but the RPi.GPIO API is missing"
+        )
+        assert "rpi-lgpio" in got["warn", "gpio"]["action"]
 
 
 def test_hanging_and_nonsense_smartctl(tmp_path: Path, data_dir: Path) -> None:

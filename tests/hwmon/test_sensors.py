@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.hwmon.sensors import FakeSensors, LinuxSensors, pick_soc, read_all
 from tests.hwmon.conftest import FakeClock, build_pi, write
@@ -92,3 +97,38 @@ def test_fake_sensors_record_reads() -> None:
     r = read_all(fake)
     assert {t for t, _ in fake.reads} == {5.0, 7.0}
     assert r.temps == {} and any("Input/output error" in f.message for f in r.findings)
+
+
+SENSOR_FILES = (
+    "sys/class/thermal/thermal_zone0/temp",
+    "sys/class/thermal/thermal_zone0/type",
+    "sys/class/hwmon/hwmon0/temp1_input",
+    "sys/class/hwmon/hwmon2/in0_lcrit_alarm",
+    "sys/class/hwmon/hwmon3/fan1_input",
+    "sys/devices/platform/soc/soc:firmware/get_throttled",
+    "proc/loadavg",
+    "proc/meminfo",
+)
+
+
+@pytest.fixture(scope="module")
+def shared_pi(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_pi(tmp_path_factory.mktemp("fuzz"), 5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(files=st.dictionaries(st.sampled_from(SENSOR_FILES), st.binary(max_size=200), min_size=1))
+def test_any_bytes_in_any_sensor_file_give_readings_or_findings(
+    shared_pi: Path, files: dict[str, bytes]
+) -> None:
+    saved = {rel: (shared_pi / rel).read_bytes() for rel in files}
+    try:
+        for rel, data in files.items():
+            (shared_pi / rel).write_bytes(data)
+        r = read_all(LinuxSensors(shared_pi))
+    finally:
+        for rel, data in saved.items():
+            (shared_pi / rel).write_bytes(data)
+    json.dumps(r.to_json())
+    assert r.soc_temp_c is None or -60 <= r.soc_temp_c <= 200
+    assert all(f.level == "warn" and f.message for f in r.findings)

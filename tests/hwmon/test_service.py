@@ -186,3 +186,16 @@ async def test_run_loop_on_a_pi_tree_restores_led_triggers(tmp_path: Path) -> No
     assert [f.message for f in svc.findings() if f.check == "leds"] == [
         f"no board LED 'LED9' at {root}/sys/class/leds/LED9"
     ]
+
+
+async def test_without_leds_the_led_loop_never_wakes(tmp_path: Path, clock: FakeClock) -> None:
+    ctx = make_ctx(tmp_path / "data", tmp_path / "state", leds=[])
+    svc = HwmonService(ctx, sensors=FakeSensors(clock), disk_probe=FakeDiskProbe(), clock=clock)
+    await svc.start()
+    write(tmp_path / "root", "proc/net/route", "Iface\tDestination\n")  # no default route
+    svc.root = tmp_path / "root"
+    svc.apply(read_all(svc.sensors), FakeDiskProbe().reading, clock())
+    assert svc.hardware()["leds"]["pattern"] == "no_network"
+    assert svc.led_step(clock()) is None
+    await svc.identify(5)
+    assert svc.led_step(clock()) is None and svc.status()["led_pattern"] == "identify"
