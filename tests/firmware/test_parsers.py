@@ -26,6 +26,7 @@ config_keys = st.sampled_from(["relay_id", "key", "home", "ssid", "psk", "port_b
                                "log", "setup", "setup_shown", "other"])  # fmt: skip
 
 
+@settings(deadline=None)
 @given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
 def test_config_text_is_parsed_or_refused_clearly(text: str) -> None:
     try:
@@ -36,7 +37,7 @@ def test_config_text_is_parsed_or_refused_clearly(text: str) -> None:
     assert isinstance(out, dict) and "raw" in out
 
 
-@settings(max_examples=60)
+@settings(deadline=None, max_examples=60)
 @given(st.dictionaries(config_keys, json_values, max_size=8))
 def test_config_objects_are_validated(doc: dict[str, Any]) -> None:
     try:
@@ -57,6 +58,7 @@ def test_valid_config_round_trips(tmp_path: Path) -> None:
     assert out["home"] == ("[::1]", 7701) and out["port_base"] == 9000
 
 
+@settings(deadline=None)
 @given(st.text(max_size=200))
 def test_tokens(text: str) -> None:
     try:
@@ -66,6 +68,7 @@ def test_tokens(text: str) -> None:
     assert len(rid) == 8 and len(key) == 32 and text.startswith("BR1:")
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=600))
 def test_provisioning_junk_never_configures(data: bytes) -> None:
     p = prov.Provisioner("ABCDEFGHJKLMNPQR", 0, True)
@@ -73,7 +76,7 @@ def test_provisioning_junk_never_configures(data: bytes) -> None:
     assert p.result in (prov.ERR_AUTH, prov.ERR_FORMAT)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(["ssid", "psk", "token", "x"]), json_values, max_size=4))
 def test_sealed_requests_with_any_content_are_checked(doc: dict[str, Any]) -> None:
     p = prov.Provisioner("ABCDEFGHJKLMNPQR", 0, True)
@@ -94,6 +97,7 @@ def test_a_request_cannot_be_replayed() -> None:
     assert p.request(sealed, 3) is None and p.result == prov.ERR_AUTH
 
 
+@settings(deadline=None)
 @given(st.lists(st.binary(max_size=40), max_size=40))
 def test_joiner_survives_any_chunks(parts: list[bytes]) -> None:
     j = chunk.Joiner(200)
@@ -102,6 +106,7 @@ def test_joiner_survives_any_chunks(parts: list[bytes]) -> None:
         assert out is None or len(out) <= 200
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=2000), st.integers(5, 300))
 def test_chunks_round_trip(frame: bytes, mtu: int) -> None:
     try:
@@ -116,6 +121,7 @@ def test_chunks_round_trip(frame: bytes, mtu: int) -> None:
     assert bytes(outs[-1]) == frame  # type: ignore[arg-type]
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=20))
 def test_ble_status(data: bytes) -> None:
     try:
@@ -126,6 +132,7 @@ def test_ble_status(data: bytes) -> None:
     assert len(nonce) == 8
 
 
+@settings(deadline=None)
 @given(st.text(max_size=30))
 def test_setup_codes(text: str) -> None:
     try:
@@ -137,7 +144,7 @@ def test_setup_codes(text: str) -> None:
     assert prov.normalise_code(text) == code
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(json_values)
 def test_manifests(tmp_path: Path, doc: Any) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps(doc))
@@ -148,7 +155,9 @@ def test_manifests(tmp_path: Path, doc: Any) -> None:
     assert all(not f.path.startswith("/") for f in b.files)
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=200)
+@settings(
+    deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=200
+)
 @given(st.binary(max_size=80), st.binary(max_size=200))
 def test_relay_manager_ignores_junk_datagrams(tmp_path: Path, head: bytes, tail: bytes) -> None:
     from node import state

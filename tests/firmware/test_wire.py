@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.relays import _wire as host
@@ -79,6 +79,7 @@ def test_replay_window(impl: str) -> None:
     assert w.accept(300) and not w.accept(300 - 64) and w.accept(300 - 63)
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=1400))
 def test_decoders_never_crash_on_junk(data: bytes) -> None:
     with pytest.raises(fw.WireError):
@@ -87,6 +88,7 @@ def test_decoders_never_crash_on_junk(data: bytes) -> None:
         host.decode(KEY, data)
 
 
+@settings(deadline=None)
 @given(
     st.sampled_from([t for t in host.MsgType if t != host.MsgType.BRIDGE]),
     st.binary(min_size=0, max_size=40),
@@ -107,6 +109,7 @@ def test_signed_but_malformed_bodies_are_rejected_cleanly(
                 decode(msg)
 
 
+@settings(deadline=None)
 @given(st.lists(st.integers(0, 400), max_size=60))
 def test_window_accepts_each_counter_once(counters: list[int]) -> None:
     a, b = host.Window(0), fw.Window(0)
