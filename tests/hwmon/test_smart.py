@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from node.hwmon.disks import FakeDiskProbe
 from node.hwmon.errors import SensorError
 from node.hwmon.parse import SmartReport
+from node.hwmon.sensors import FakeSensors
+from node.hwmon.service import SMART_FIRST_DELAY, HwmonService
 from node.hwmon.smart import read_smart, smart_finding
+from tests.hwmon.conftest import FakeClock, make_ctx
 from tests.hwmon.test_parse import SMART_OK
 from tests.support import require_binary
 
@@ -70,3 +74,27 @@ def test_findings() -> None:
     assert smart_finding(SmartReport("/dev/sda", True, exit_status=8)).level == "fail"
     ok = smart_finding(SmartReport("/dev/sda", True, temperature_c=33, model="X"))
     assert ok.level == "ok" and ok.message == "/dev/sda X SMART health passed, 33 C"
+
+
+async def test_service_runs_smart_rarely_and_reports_a_hang(tmp_path: Path) -> None:
+    tool = fake_tool(tmp_path, f"echo run >> {tmp_path / 'runs'}\nexec sleep 30")
+    clock = FakeClock()
+    ctx = make_ctx(
+        tmp_path / "data", tmp_path / "state",
+        leds=[], smartctl=tool, smart_timeout_s=0.2, smart_interval_s=3600.0,
+    )  # fmt: skip
+    svc = HwmonService(ctx, sensors=FakeSensors(clock), disk_probe=FakeDiskProbe(), clock=clock)
+    await svc.poll()
+    assert svc._smart_task is None  # not in the first minutes after start
+    clock.advance(SMART_FIRST_DELAY)
+    await svc.poll()
+    assert svc._smart_task is not None
+    await svc._smart_task
+    assert svc.smart_result is not None and svc.smart_result.level == "warn"
+    assert "did not answer for /dev/sda within 0.2 s" in svc.smart_result.message
+    assert any(f.check == "smart" for f in svc.findings())
+    assert "did not answer" in ctx.events.recent(1)[0].message
+    clock.advance(1800)
+    await svc.poll()
+    assert svc._smart_task.done()  # not again before smart_interval_s
+    assert (tmp_path / "runs").read_text().count("run") == 1
