@@ -131,7 +131,11 @@ class Rig:
         with self.relay_ctx():
             return int(self.relay.pump(self.now))
 
-    def settle(self, rounds: int = 20) -> None:
+    def _readable(self) -> list[Any]:
+        return [self.box.sock, *self.relay.sockets()]
+
+    def settle(self, rounds: int = 40) -> None:
+        """Move datagrams until three rounds in a row see nothing (each waits up to 5 ms)."""
         quiet = 0
         while quiet < 3 and rounds:
             rounds -= 1
@@ -139,7 +143,7 @@ class Rig:
             self.relay.step(self.now)
             quiet = 0 if moved else quiet + 1
             if not moved:
-                select.select([self.box.sock], [], [], 0.002)
+                select.select(self._readable(), [], [], 0.005)
 
     def advance(self, ms: int) -> None:
         self.now += ms
@@ -172,11 +176,11 @@ class Rig:
         return s
 
     def recv(self, s: socket.socket) -> bytes | None:
-        """A datagram for ``s`` after letting the relay run, or None if none came."""
-        for _ in range(50):
+        """A datagram for ``s`` after letting the relay run, or None if none came (200 ms)."""
+        for _ in range(40):
             self.pump_relay()
-            r, _, _ = select.select([s], [], [], 0.002)
-            if r:
+            r, _, _ = select.select([s, *self.relay.sockets()], [], [], 0.005)
+            if s in r:
                 return s.recv(4096)
         return None
 
