@@ -4,9 +4,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from node.cli import init_data_dir
 from tests.support import RunningAgent, start_agent
+
+# The machines running the suite are shared and noisy: no property test may fail on timing.
+settings.register_profile(
+    "bitchat", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("bitchat")
 
 
 @pytest.fixture
