@@ -35,7 +35,7 @@ from node.hwmon.thermal import ThermalConfig
 
 _GIB = 1 << 30
 _NAT_KEYS = ("nat_class", "nat_type", "nat")
-_PEER_KEYS = ("dht_peers", "routing_table_peers", "peers")
+_PEER_KEYS = ("dht_peers", "routing_table_peers")
 _POWER_FIX = "use the official power supply and a short, thick cable"
 
 
@@ -313,7 +313,7 @@ def check_agent(box: Box) -> Iterator[Finding]:
         return
     box.agent = doc
     yield Finding("ok", "agent", f"agent {doc.get('version')} running, up {doc.get('uptime_s')} s")
-    yield from _network(doc)
+    yield from _network(doc, _fetch(str(runtime.get("web", "")).rstrip("/") + "/api/network"))
 
 
 def _find(doc: Any, keys: tuple[str, ...], depth: int = 0) -> Any:
@@ -330,29 +330,44 @@ def _find(doc: Any, keys: tuple[str, ...], depth: int = 0) -> Any:
     return None
 
 
-def _network(doc: dict[str, Any]) -> Iterator[Finding]:
+def _fetch(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            doc = json.loads(resp.read(1 << 20))
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _network(doc: dict[str, Any], net: dict[str, Any] | None) -> Iterator[Finding]:
+    """NAT class, reachability, peers and relays from ``/api/status`` and ``/api/network``."""
     services = doc.get("services") if isinstance(doc.get("services"), dict) else {}
-    nat = _find(services, _NAT_KEYS)
+    nat_doc = (net or {}).get("nat")
+    nat_doc = nat_doc if isinstance(nat_doc, dict) else {}
+    nat = nat_doc.get("class") or _find(services, _NAT_KEYS)
+    public, mapping = nat_doc.get("public_address"), nat_doc.get("port_mapping")
     if nat is None:
         yield Finding(
-            "warn",
-            "nat",
-            "the agent reports no NAT class yet",
+            "warn", "nat", "the agent reports no NAT class yet",
             "wait for NAT discovery, or check that [network] bootstrap is set",
-        )
+        )  # fmt: skip
     elif str(nat).lower() in ("symmetric", "blocked", "udp_blocked"):
         yield Finding("warn", "nat", f"NAT class {nat}: peers reach this box only via relays",
                       "enable UPnP/NAT-PMP on the router or forward the UDP port")  # fmt: skip
     else:
-        yield Finding("ok", "nat", f"NAT class {nat}")
-    peers = _find(services, _PEER_KEYS)
+        seen = f", reachable at {public}" if public else ""
+        via = f" (port mapping: {mapping})" if mapping else ""
+        yield Finding("ok", "nat", f"NAT class {nat}{seen}{via}")
+    peers, what = _find(services, _PEER_KEYS), "DHT peers"
+    if peers is None and isinstance((net or {}).get("sessions"), int):
+        peers, what = (net or {})["sessions"], "peer sessions (no DHT table reported)"
     if not isinstance(peers, int) or isinstance(peers, bool):
-        yield Finding("warn", "dht", "the agent reports no DHT peer count")
+        yield Finding("warn", "dht", "the agent reports no peer count")
     elif peers == 0:
-        yield Finding("warn", "dht", "no DHT peers: the box has not joined the network",
+        yield Finding("warn", "dht", "no peers: the box has not joined the network",
                       "check internet access and [network] bootstrap")  # fmt: skip
     else:
-        yield Finding("ok", "dht", f"{peers} DHT peers")
+        yield Finding("ok", "dht", f"{peers} {what}")
     relays = services.get("relays") if isinstance(services, dict) else None
     if isinstance(relays, dict):
         if relays.get("error"):

@@ -45,7 +45,7 @@ _log = log.get_logger(__name__)
 DISK_PROBE_TIMEOUT = 5.0
 SMART_FIRST_DELAY = 300.0
 MAX_IDENTIFY_S = 3600.0
-_PEER_KEYS = ("dht_peers", "peers", "routing_table_peers")
+_PEER_KEYS = ("dht_peers", "routing_table_peers", "peers", "sessions")
 
 
 class HwmonService:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from node import identity
 from node.cli import main
-from node.hwmon.doctor import run_checks
+from node.hwmon.doctor import _network, run_checks
 from tests.hwmon.conftest import build_pi, write
 from tests.hwmon.test_disks import usb_disk_tree
 from tests.hwmon.test_parse import SMART_OK
@@ -145,3 +145,21 @@ def test_doctor_with_a_running_agent(agent: RunningAgent, tmp_path: Path) -> Non
 def test_doctor_help() -> None:
     result = CliRunner().invoke(main, ["doctor", "--help"])
     assert result.exit_code == 0 and "--sysfs-root" in result.output and "--json" in result.output
+
+
+def test_network_findings_from_the_agent_documents() -> None:
+    status = {"services": {"transport": {"sessions": 3}, "relays": {"online": 1, "enrolled": 2}}}
+    net = {"nat": {"class": "full_cone", "public_address": "198.18.0.5:7700",
+                   "port_mapping": "upnp"}, "sessions": 3}  # fmt: skip
+    got = {f.check: (f.level, f.message) for f in _network(status, net)}
+    assert got == {
+        "nat": ("ok", "NAT class full_cone, reachable at 198.18.0.5:7700 (port mapping: upnp)"),
+        "dht": ("ok", "3 peer sessions (no DHT table reported)"),
+        "relay": ("ok", "1 of 2 enrolled relays online"),
+    }
+    lonely = {"services": {"overlay": {"dht_peers": 0}}}
+    got = {f.check: f for f in _network(lonely, {"nat": {"class": "symmetric"}})}
+    assert got["nat"].level == "warn" and "only via relays" in got["nat"].message
+    assert got["dht"].level == "warn" and "bootstrap" in got["dht"].action
+    got = {f.check: f for f in _network({"services": "garbage"}, None)}
+    assert got["nat"].level == "warn" and got["dht"].message == "the agent reports no peer count"
