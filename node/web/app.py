@@ -1,12 +1,13 @@
 """The dashboard's aiohttp application and the agent service that serves it on ``--web``.
 
-Theory of operation: every request passes three middlewares — security headers on every
-answer, errors turned into ``{"error": ..., "status": ...}`` JSON, and a guard that checks the
-``Host`` header (DNS rebinding) and the client's address (``[web] access``). Read-only routes
-are open to whoever passes the guard; ``POST /api/actions/*`` also needs the admin token as
-``Authorization: Bearer``. Handlers are thin over :mod:`node.web.providers`; the page
-(``static/``) is filled from the same JSON API and then kept live by ``/api/events/stream``
-(server-sent events: one event per changed section, one per new box event).
+Theory of operation: every request passes two middlewares — errors turned into
+``{"error": ..., "status": ...}`` JSON, and a guard that checks the ``Host`` header (DNS
+rebinding) and the client's address (``[web] access``) — and every answer gets the security
+headers (strict CSP and friends) as it is prepared. Read-only routes are open to whoever
+passes the guard; ``POST /api/actions/*`` also needs the admin token as ``Authorization:
+Bearer``. Handlers are thin over :mod:`node.web.providers`; the page (``static/``) is filled
+from the same JSON API and then kept live by ``/api/events/stream`` (server-sent events: one
+event per changed section, one per new box event).
 
 Other parts of the agent add their own routes with one ``add_routes(app)`` line in
 :func:`make_app`.
@@ -110,15 +111,15 @@ def _json(doc: Any, status: int = 200) -> web.Response:
 # -- middlewares ------------------------------------------------------------------------
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
-    response: web.StreamResponse = await handler(request)
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Added to every answer as it is prepared, streams and errors included."""
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
-    return response
+    if request.path.startswith("/api/") or request.path == "/metrics":
+        response.headers.setdefault("Cache-Control", "no-store")
 
 
 def _http_message(exc: web.HTTPException, request: web.Request) -> str:
@@ -604,9 +605,8 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def make_app(ctx: AgentContext) -> web.Application:
-    app = web.Application(
-        middlewares=[security_headers, json_errors, guard], client_max_size=MAX_BODY
-    )
+    app = web.Application(middlewares=[json_errors, guard], client_max_size=MAX_BODY)
+    app.on_response_prepare.append(security_headers)
     app[CTX_KEY] = ctx
     app[STATE_KEY] = WebState(
         hosts=HostPolicy(ctx.config.web.allowed_hosts),

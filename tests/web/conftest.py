@@ -92,24 +92,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]
         ctx.db.conn.close()
 
 
-def seed_earnings(data_dir: Path, days: int = 12) -> bool:
-    """Put real signed vouchers of a payer into the box's ledger, one per day back from today.
-
-    Returns False when this tree has no storage ledger (then the dashboard shows none).
-    """
-    try:
-        from node.storage_agent.ledger import Ledger
-        from node.storage_agent.store import VOUCHERS
-        from node.storage_agent.vouchers import Voucher
-    except ImportError:
-        return False
+def seed_earnings(data_dir: Path, days: int = 12) -> None:
+    """Put real signed vouchers of a payer into the box's ledger, one per day back from today."""
     import time
+
+    from node.storage_agent.ledger import Ledger
+    from node.storage_agent.store import ChunkStore
+    from node.storage_agent.vouchers import Voucher
 
     box = identity.load(data_dir / identity.KEY_FILE)
     payer = identity.Identity.generate()
+    store = ChunkStore(data_dir, box.node_id_text)
+    store.initialise(expect_existing=False)
     db = state.open_state(data_dir / state.STATE_FILE)
     try:
-        ledger = Ledger(db, box.node_id, data_dir / VOUCHERS)
+        ledger = Ledger(db, box.node_id, store.vouchers)
         now = time.time()
         totals = {"storage": 0, "egress": 0, "relay": 0}
         for seq, back in enumerate(range(days - 1, -1, -1), start=1):
@@ -120,4 +117,3 @@ def seed_earnings(data_dir: Path, days: int = 12) -> bool:
             ledger.accept(v.signed(payer), now)
     finally:
         db.conn.close()
-    return True

@@ -75,8 +75,9 @@ async def test_a_failing_service_is_reported_not_hidden(ctx: AgentContext) -> No
 
 
 async def test_hardware_from_the_real_hwmon_service(ctx: AgentContext) -> None:
-    hwmon = pytest.importorskip("node.hwmon.service")
-    svc = hwmon.HwmonService(ctx)
+    from node.hwmon.service import HwmonService
+
+    svc = HwmonService(ctx)
     ctx.services["hwmon"] = svc
     async with TestClient(TestServer(webapp.make_app(ctx))) as client:
         doc = await (await client.get("/api/hardware")).json()
@@ -162,8 +163,9 @@ async def test_metrics_in_prometheus_format(client: Client, ctx: AgentContext) -
 
 
 async def test_metrics_follow_the_hwmon_service(ctx: AgentContext) -> None:
-    hwmon = pytest.importorskip("node.hwmon.service")
-    ctx.services["hwmon"] = hwmon.HwmonService(ctx)
+    from node.hwmon.service import HwmonService
+
+    ctx.services["hwmon"] = HwmonService(ctx)
     async with TestClient(TestServer(webapp.make_app(ctx))) as client:
         text = await (await client.get("/metrics")).text()
     assert 'bitchat_section_available{section="hardware"} 1.0' in text
@@ -325,8 +327,10 @@ async def test_storage_actions_without_storage_are_503(client: Client, token: st
 
 
 async def test_identify_blinks_through_hwmon(ctx: AgentContext, token: str) -> None:
-    hwmon = pytest.importorskip("node.hwmon.service")
-    ctx.services["hwmon"] = hwmon.HwmonService(ctx)
+    from node.hwmon.service import HwmonService
+
+    svc = HwmonService(ctx)
+    ctx.services["hwmon"] = svc
     async with TestClient(TestServer(webapp.make_app(ctx))) as client:
         resp = await client.post(
             "/api/actions/identify",
@@ -335,7 +339,8 @@ async def test_identify_blinks_through_hwmon(ctx: AgentContext, token: str) -> N
         )
         assert resp.status == 202, await resp.text()
         assert (await resp.json())["seconds"] == 3
-    assert any(e.source == "hwmon" and "identify" in e.message for e in ctx.events.recent())
+    assert svc.hardware()["leds"]["identify_s_left"] > 2
+    assert any(e.source == "web" and "blink for 3 s" in e.message for e in ctx.events.recent())
 
 
 @pytest.mark.parametrize(
@@ -432,7 +437,7 @@ async def test_storage_figures_actions_and_export_with_the_real_service(
     box = tmp_path / "box"
     ctx = make_ctx(box)
     ctx.db.conn.close()
-    assert seed_earnings(box, days=5)
+    seed_earnings(box, days=5)
     ctx = make_ctx(box)
     svc = StorageService(ctx)
     ctx.services["storage"] = svc
@@ -475,3 +480,16 @@ async def test_storage_figures_actions_and_export_with_the_real_service(
             in metrics
         )
     ctx.db.conn.close()
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/static/app.js", "/api/status", "/nothing", "/api/events/stream", "/metrics"]
+)
+async def test_every_answer_has_the_security_headers(client: Client, path: str) -> None:
+    async with client.get(path) as resp:
+        assert resp.headers["Content-Security-Policy"] == webapp.CSP
+        assert "'unsafe-inline'" not in webapp.CSP and "'unsafe-eval'" not in webapp.CSP
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        if path.startswith("/api/") or path == "/metrics":
+            assert resp.headers["Cache-Control"] == "no-store"

@@ -20,6 +20,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
 LIVE_INTERVAL = 1.0
+SEEDED_DAYS = 12
 
 # Element id -> path in the section document whose value it shows (data-value).
 FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -42,6 +43,7 @@ FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "network": {"net-sessions": ("sessions",), "net-listen": ("listen",)},
     "hardware": {"hw-temp": ("cpu_temp_c",), "hw-thermal": ("thermal_level",)},
 }
+MOVING = {"net-sessions"}
 CARDS = {
     "earnings": ["card-earnings"],
     "storage": ["card-storage", "card-scores", "card-contracts"],
@@ -55,7 +57,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
     box = tmp_path_factory.mktemp("page") / "box"
     init_data_dir(box)
     (box / "config.toml").write_text(f"[web]\nlive_interval = {LIVE_INTERVAL}\n")
-    seed_earnings(box)
+    seed_earnings(box, days=SEEDED_DAYS)
     running = start_agent(box)
     try:
         yield running
@@ -136,10 +138,11 @@ def test_page_loads_clean_and_shows_the_apis_numbers(page: Any, agent: RunningAg
         for card in CARDS.get(section, []):
             assert shown["cards"][card]["unavailable"] is False
         for element, path in fields.items():
-            # These figures do not move on an idle test box: page, its last update and a
-            # fresh API answer must all agree.
-            value = dig(fresh, path)
-            assert dig(rendered, path) == value, element
+            # Figures that do not move on an idle test box must agree between the page, its
+            # last update and a fresh API answer; moving ones between the first two.
+            value = dig(rendered, path)
+            if element not in MOVING:
+                assert dig(fresh, path) == value, element
             text = shown["values"][element]
             if value is None:
                 assert text in ("\u2013", "no sensor"), element
@@ -154,17 +157,10 @@ def test_page_loads_clean_and_shows_the_apis_numbers(page: Any, agent: RunningAg
     assert page.errors == []
 
 
-def test_chart_draws_or_says_why(page: Any, agent: RunningAgent) -> None:
+def test_chart_draws(page: Any, agent: RunningAgent) -> None:
     earnings = api(agent, "/api/earnings")
-    if not earnings["available"]:
-        assert page.locator("#card-earnings .reason").inner_text() == (
-            f"Not available: {earnings['reason']}"
-        )
-        assert page.locator("#earn-chart canvas").count() == 0
-        return
-    if not earnings["by_day"]:
-        assert page.locator("#earn-chart").inner_text() == "No earnings recorded yet."
-        return
+    assert earnings["available"], earnings
+    assert len(earnings["by_day"]) == SEEDED_DAYS
     painted = page.evaluate(
         """() => {
           const c = document.querySelector("#earn-chart canvas");
@@ -196,7 +192,7 @@ def test_live_update_arrives_without_reload(page: Any) -> None:
 
 def test_action_refused_without_token_then_done_with_it(page: Any, agent: RunningAgent) -> None:
     token = (agent.data_dir / "admin.token").read_text().strip()
-    hwmon = api(agent, "/api/hardware")["available"]
+    assert api(agent, "/api/hardware")["available"]
     page.click("#form-identify button")
     # No token yet: the page asks for it instead of sending anything.
     page.wait_for_selector("#token-form:not([hidden])")
@@ -216,18 +212,54 @@ def test_action_refused_without_token_then_done_with_it(page: Any, agent: Runnin
           return t !== "" && !t.startsWith("Enter") && !t.startsWith("Refused: wrong");
         }"""
     )
-    result = page.inner_text("#action-result")
-    if hwmon:
-        assert result == "the LEDs blink for 10 s"
-        # The event the action caused arrives through the live feed.
-        page.wait_for_selector("#events li:has-text('identify')", timeout=15_000)
-    else:
-        assert result.startswith("Refused: the hwmon service is not running")
+    assert page.inner_text("#action-result") == "the LEDs blink for 10 s"
+    # What the action caused reaches the open page through the live feed: the event, and
+    # the hardware card showing the LEDs in identify mode.
+    page.wait_for_selector("#events li:has-text('the LEDs blink for 10 s')", timeout=15_000)
+    page.wait_for_selector("#hw-leds:has-text('identifying')", timeout=15_000)
     # The token never lands in the page or in storage unless the owner asks for it.
     assert token not in page.content()
     assert page.evaluate("sessionStorage.length") == 0
-    # Errors the page expected (the 401 and any 503) are shown as results, not console noise.
-    assert [e for e in page.errors if "401" not in e and "503" not in e] == []
+    # The refused attempt's 401 is shown as a result; Chromium also logs it to the console.
+    assert [e for e in page.errors if "401" not in e] == []
+
+
+def test_remembered_token_pause_resume_and_live_limits(page: Any, agent: RunningAgent) -> None:
+    assert api(agent, "/api/storage")["available"]
+    token = (agent.data_dir / "admin.token").read_text().strip()
+    page.click("#btn-pause")
+    page.wait_for_selector("#token-form:not([hidden])")
+    page.fill("#token-input", token)
+    page.check("#token-remember")
+    page.click("#token-submit")
+    page.wait_for_function(
+        "() => document.getElementById('action-result').textContent === 'storage paused'"
+    )
+    assert page.evaluate("sessionStorage.length") == 1
+    assert api(agent, "/api/status")["limits"]["refuse_uploads"] is True
+    # The agent's new work limits reach the open page through the live feed.
+    page.wait_for_function(
+        "() => document.getElementById('status-limits').textContent.includes('refuse_uploads')",
+        timeout=15_000,
+    )
+    page.click("#btn-resume")
+    page.wait_for_function(
+        "() => document.getElementById('action-result').textContent === 'storage resumed'"
+    )
+    assert page.locator("#token-form").is_hidden()
+    assert api(agent, "/api/status")["limits"]["refuse_uploads"] is False
+    assert page.errors == []
+
+
+def test_earnings_export_downloads(page: Any, agent: RunningAgent) -> None:
+    assert api(agent, "/api/earnings")["available"]
+    for fmt in ("csv", "json"):
+        with page.expect_download() as info:
+            page.click(f"#export-{fmt}")
+        download = info.value
+        assert download.suggested_filename.endswith(f".{fmt}")
+        with urllib.request.urlopen(f"{agent.web}api/earnings/export?format={fmt}") as resp:
+            assert Path(download.path()).read_bytes() == resp.read()
 
 
 def test_screenshots_phone_and_laptop(browser: Any, agent: RunningAgent) -> None:
