@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,3 +280,63 @@ def test_screenshots_phone_and_laptop(browser: Any, agent: RunningAgent) -> None
         # Nothing sticks out sideways on a phone.
         assert pg.evaluate("document.documentElement.scrollWidth") <= width
         context.close()
+
+
+# Runs the real CLI with some services left out of build_services, as a box of a version
+# without them would run.
+WITHOUT = """
+import sys
+import node.agent as agent
+skip = set(sys.argv[1].split(","))
+build = agent.build_services
+agent.build_services = lambda ctx: [s for s in build(ctx) if s.name not in skip]
+from node.cli import main
+main(sys.argv[2:])
+"""
+
+
+def test_cards_say_why_when_services_are_missing(browser: Any, tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    init_data_dir(box)
+    cmd = [sys.executable, "-c", WITHOUT, "storage,hwmon", "run", "--data-dir", str(box),
+           "--listen", "127.0.0.1:0", "--web", "127.0.0.1:0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        web = ""
+        deadline = time.monotonic() + 30
+        while not web and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else "agent exited"
+            if m := re.match(r"dashboard: (\S+)", line.strip()):
+                web = m.group(1)
+        context = browser.new_context(viewport={"width": 390, "height": 844})
+        pg = context.new_page()
+        errors: list[str] = []
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg.goto(web)
+        pg.wait_for_selector("body[data-loaded]")
+        for section, cards in CARDS.items():
+            with urllib.request.urlopen(f"{web}api/{section}", timeout=10) as resp:
+                doc = json.load(resp)
+            for card in cards:
+                reason = pg.locator(f"#{card} .reason")
+                if section == "network":
+                    assert doc["available"] is True
+                    assert reason.is_hidden()
+                    continue
+                assert doc["available"] is False
+                assert reason.inner_text() == f"Not available: {doc['reason']}"
+                assert pg.locator(f"#{card} .body").is_hidden()
+        # Nothing made up: no figure of a missing section is on the page.
+        assert pg.locator("#earn-today").get_attribute("data-value") is None
+        assert pg.locator("#earn-chart canvas").count() == 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(
+            path=str(ARTIFACTS / "dashboard-missing-services-390x844.png"), full_page=True
+        )
+        context.close()
+        assert errors == []
+    finally:
+        proc.terminate()
+        proc.wait(10)
