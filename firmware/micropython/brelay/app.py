@@ -4,6 +4,7 @@
 # board under the enrollment tool) and is fed only at the end of a main-loop turn that ran
 # within budget. gc.collect() runs every GC_MS and whenever free heap drops under GC_LOW.
 import gc
+import json
 import sys
 
 import machine
@@ -75,7 +76,7 @@ def boot_config(path=cfg.PATH):
         # A new epoch per boot keeps control counters growing across restarts.
         raw["epoch"] = c["epoch"] + 1
     cfg.save(raw, path)
-    return cfg.parse(__import__("json").dumps(raw))
+    return cfg.parse(json.dumps(raw))
 
 
 class App:
