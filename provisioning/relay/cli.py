@@ -52,10 +52,11 @@ def flash_cmd(
     b = bundle.load(bundle_dir) if bundle_dir else bundle.load_or_build(target)
     if b.target != target:
         raise FleetError(f"bundle {b.root} is for {b.target}, not {target}")
+    # Open the port before asking the box for a key, so a wrong --port issues none.
+    repl = rawrepl.RawRepl(_open_serial(port, baud), name=port)
     issued = enroll.issue_key(home_url, token, name, relay_home)
     code = flash.new_setup_code()
     cfg = flash.RelayConfig(issued.relay_id, issued.key, issued.home, ssid, psk, code)
-    repl = rawrepl.RawRepl(_open_serial(port, baud), name=port)
     click.echo(f"flashing {b.target} bundle ({b.total_bytes} bytes) to {port}")
     flash.flash(repl, b, cfg, progress=lambda what: click.echo(f"  {what}"))
     click.echo(f"relay {issued.relay_id} enrolled with {issued.home}; restarted")
