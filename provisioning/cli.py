@@ -178,8 +178,17 @@ def _report(results: list[Any]) -> None:
 @main.command()
 @click.option("--timeout", default=3.0, show_default=True, help="Seconds to listen.")
 @click.option("--all", "show_all", is_flag=True, help="Also list boxes already enrolled.")
+@click.option(
+    "--interface",
+    "interfaces",
+    multiple=True,
+    metavar="IP",
+    help="Listen only on the interface with this IPv4 address (repeatable; default: all).",
+)
 @inventory_option
-def discover(timeout: float, show_all: bool, inventory_path: Path | None) -> None:
+def discover(
+    timeout: float, show_all: bool, interfaces: tuple[str, ...], inventory_path: Path | None
+) -> None:
     """List boxes announcing _bitchat._tcp on the LAN that are not in the inventory yet."""
     from provisioning.discover import browse
 
@@ -187,7 +196,7 @@ def discover(timeout: float, show_all: bool, inventory_path: Path | None) -> Non
     known_ids = {b.node_id for b in inv.boxes() if b.node_id}
     known_hosts = {b.host for b in inv.boxes()}
     shown = 0
-    for box in browse(timeout):
+    for box in browse(timeout, list(interfaces) or None):
         known = box.node_id in known_ids or bool(set(box.addresses) & known_hosts)
         if known and not show_all:
             continue

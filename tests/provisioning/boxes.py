@@ -87,7 +87,7 @@ class FakeBox:
             "BITCHAT_DATA_DIR": str(self.data_dir),
             "BITCHAT_ETC": str(self.root / "etc"),
             "BITCHAT_PYTHON": sys.executable,
-            "BITCHAT_PIP_OPTS": "--no-deps",
+            "BITCHAT_PIP_OPTS": "--no-deps --no-compile",
             "BITCHAT_RESTART": str(self.root / "restart.sh"),
             "BITCHAT_USER": "",
             "BITCHAT_HOSTNAME": "",
@@ -176,8 +176,11 @@ class FakeBox:
                     break
                 time.sleep(0.1)
 
-    def install(self, wheelhouse: Path) -> None:
-        """As first boot on an image does: wheelhouse, release 0.1.0, identity; then start."""
+    def install(self, wheelhouse: Path, template: Path | None = None) -> None:
+        """As first boot on an image does: wheelhouse, release 0.1.0, identity; then start.
+
+        ``template``, an installed release dir of another box, saves the pip run.
+        """
         for d in ("bin", "etc", "opt/wheelhouse"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         shutil.copy(BOX_PY, self.root / "bin" / "bitchat-box")
@@ -189,6 +192,8 @@ class FakeBox:
         restart.chmod(0o755)
         for wheel in wheelhouse.glob("*.whl"):
             shutil.copy(wheel, self.prefix / "wheelhouse")
+        if template is not None:
+            shutil.copytree(template, self.prefix / "releases" / template.name, symlinks=True)
         self.box("firstboot")
         self.box("activate", "0.1.0")
         self.box("health", "0.1.0", "30")
@@ -203,11 +208,17 @@ def start_boxes(base: Path, count: int, wheelhouse: Path, operator_pub: Path) ->
     def bring_up(b: FakeBox) -> None:
         b.root.mkdir(parents=True)
         b.host_key_setup()
-        b.install(wheelhouse)
+        template = None if b is boxes[0] else boxes[0].prefix / "releases" / "0.1.0"
+        b.install(wheelhouse, template)
         b.start_sshd()
 
-    with ThreadPoolExecutor(max_workers=min(count, 8)) as pool:
-        list(pool.map(bring_up, boxes))
+    try:
+        bring_up(boxes[0])
+        with ThreadPoolExecutor(max_workers=min(count, 8)) as pool:
+            list(pool.map(bring_up, boxes[1:]))
+    except BaseException:
+        stop_boxes(boxes)
+        raise
     return boxes
 
 

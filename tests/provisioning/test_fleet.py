@@ -131,51 +131,6 @@ def test_changed_host_key_is_refused(
     assert res[0].ok and inv.get(victim.id).host_key != pinned  # type: ignore[union-attr]
 
 
-def test_rolling_upgrade_rolls_back_a_failing_box(
-    tmp_path: Path, boxes: list[FakeBox], operator_key: Path
-) -> None:
-    inv = Inventory(tmp_path / "inv.db")
-    assert all(r.ok for r in fleet.enroll(inv, _specs(boxes), TOKEN, _opts(operator_key)))
-    order = sorted(boxes, key=lambda b: b.id)
-    first, bad, last = order
-    wheel = make_wheel("0.2.0", tmp_path / "dist")
-    (bad.root / "broken_version").write_text("0.2.0")
-    try:
-        report = fleet.upgrade(
-            inv, wheel, _opts(operator_key), max_unavailable=1, max_failed=0, health_timeout=8
-        )
-        res = {r.host: r for r in report.results}
-        assert report.stopped
-        assert res[first.id].ok and "(was 0.1.0)" in res[first.id].message
-        assert not res[bad.id].ok and "rolled back to 0.1.0" in res[bad.id].message
-        assert not res[last.id].ok and "not attempted" in res[last.id].message
-        assert bad.box("health", "0.1.0", "10").returncode == 0  # old release serving again
-        assert last.box("health", "0.1.0", "10").returncode == 0  # untouched
-
-        # Allowing one failure: the first box is already done, the bad one fails again and
-        # is rolled back again, the last one is upgraded.
-        report = fleet.upgrade(
-            inv, wheel, _opts(operator_key), max_unavailable=2, max_failed=1, health_timeout=8
-        )
-        res = {r.host: r for r in report.results}
-        assert not report.stopped
-        assert res[first.id].ok and "already" in res[first.id].message
-        assert not res[bad.id].ok and "rolled back to 0.1.0" in res[bad.id].message
-        assert res[last.id].ok
-    finally:
-        (bad.root / "broken_version").unlink()
-    # Fixed: the same command now finishes the job; status agrees.
-    report = fleet.upgrade(inv, wheel, _opts(operator_key), max_unavailable=3, health_timeout=30)
-    assert all(r.ok for r in report.results), [r.message for r in report.results]
-    rows = fleet.status(inv, _opts(operator_key))
-    assert {r.data["version"] for r in rows} == {"0.2.0"}
-    assert {inv.get(b.id).version for b in boxes} == {"0.2.0"}  # type: ignore[union-attr]
-    # Put the fleet back on 0.1.0 for the other tests (a downgrade is an upgrade too).
-    old = make_wheel("0.1.0", tmp_path / "old")
-    report = fleet.upgrade(inv, old, _opts(operator_key), max_unavailable=3, health_timeout=30)
-    assert all(r.ok for r in report.results)
-
-
 def test_upgrade_rejects_a_non_wheel(tmp_path: Path) -> None:
     junk = tmp_path / "agent.tar.gz"
     junk.write_bytes(b"x")
@@ -224,3 +179,38 @@ def test_host_parser(text: str) -> None:
 def test_box_helper_refuses_unknown_commands(boxes: list[FakeBox]) -> None:
     with pytest.raises(subprocess.CalledProcessError):
         boxes[0].box("reformat-everything")
+
+
+def test_rolling_upgrade_rolls_back_a_failing_box(
+    tmp_path: Path, boxes: list[FakeBox], operator_key: Path
+) -> None:
+    """Last in this module: it leaves the boxes on 0.2.0."""
+    inv = Inventory(tmp_path / "inv.db")
+    assert all(r.ok for r in fleet.enroll(inv, _specs(boxes), TOKEN, _opts(operator_key)))
+    first, bad, last = sorted(boxes, key=lambda b: b.id)
+    wheel = make_wheel("0.2.0", tmp_path / "dist")
+    (bad.root / "broken_version").write_text("0.2.0")
+    try:
+        report = fleet.upgrade(
+            inv, wheel, _opts(operator_key), max_unavailable=1, max_failed=0, health_timeout=8
+        )
+    finally:
+        (bad.root / "broken_version").unlink()
+    res = {r.host: r for r in report.results}
+    assert report.stopped
+    assert res[first.id].ok and "(was 0.1.0)" in res[first.id].message
+    assert not res[bad.id].ok and "rolled back to 0.1.0" in res[bad.id].message
+    assert "health check failed" in res[bad.id].message
+    assert not res[last.id].ok and "not attempted" in res[last.id].message
+    assert bad.box("health", "0.1.0", "10").returncode == 0  # the old release serves again
+    assert last.box("health", "0.1.0", "10").returncode == 0  # untouched
+    assert inv.get(bad.id).version == "0.1.0"  # type: ignore[union-attr]
+
+    # Fixed: the same command finishes the job; the box already upgraded is only checked.
+    report = fleet.upgrade(inv, wheel, _opts(operator_key), max_unavailable=3, health_timeout=30)
+    res = {r.host: r for r in report.results}
+    assert all(r.ok for r in report.results), [r.message for r in report.results]
+    assert "already" in res[first.id].message and "(was 0.1.0)" in res[bad.id].message
+    rows = fleet.status(inv, _opts(operator_key))
+    assert {r.data["version"] for r in rows} == {"0.2.0"}
+    assert {inv.get(b.id).version for b in boxes} == {"0.2.0"}  # type: ignore[union-attr]
