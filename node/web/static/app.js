@@ -18,7 +18,7 @@ function fmtBytes(n) {
   const units = ["B", "KB", "MB", "GB", "TB", "PB"];
   let v = n, i = 0;
   while (Math.abs(v) >= 1000 && i < units.length - 1) { v /= 1000; i++; }
-  return `${i ? v.toFixed(v < 10 ? 2 : 1) : v} ${units[i]}`;
+  return `${i ? v.toFixed(v < 10 ? 2 : 1) : Math.round(v)} ${units[i]}`;
 }
 
 function fmtMoney(v) {
@@ -122,6 +122,7 @@ const render = {
     put("storage-allocated", s.allocated_bytes, fmtBytes(s.allocated_bytes));
     put("storage-free", s.free_bytes, fmtBytes(s.free_bytes));
     put("storage-chunks", s.chunks);
+    if (typeof s.allocated_bytes === "number") $("allocation-gb").placeholder = (s.allocated_bytes / 1e9).toFixed(1);
     const bw = s.bandwidth || {};
     put("storage-ingress", bw.ingress_bytes, fmtBytes(bw.ingress_bytes));
     put("storage-egress", bw.egress_bytes, fmtBytes(bw.egress_bytes));
@@ -171,6 +172,14 @@ const render = {
     put("net-relayed", paths.relayed);
     put("net-in", n.bytes_in, fmtBytes(n.bytes_in));
     put("net-out", n.bytes_out, fmtBytes(n.bytes_out));
+    // Rates from two successive live updates.
+    const now = performance.now() / 1000;
+    const prev = state.traffic;
+    if (prev && now > prev.t && n.bytes_in >= prev.i && n.bytes_out >= prev.o) {
+      const dt = now - prev.t;
+      put("net-rate", null, `↓ ${fmtBytes((n.bytes_in - prev.i) / dt)}/s · ↑ ${fmtBytes((n.bytes_out - prev.o) / dt)}/s`);
+    }
+    state.traffic = { t: now, i: n.bytes_in, o: n.bytes_out };
     $("peer-rows").replaceChildren(...peers.slice(0, 50).map((p) => row([
       String(p.node_id || "").slice(0, 12), text(p.address), text(p.path),
       typeof p.rtt_ms === "number" ? `${p.rtt_ms.toFixed(1)} ms` : "–"])));
