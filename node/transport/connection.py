@@ -72,7 +72,10 @@ K_ALPHA = 1 / 8  # RFC 6298 section 2.3
 K_BETA = 1 / 4
 K_MAX_DATAGRAMS_QUEUED = 64
 K_LOST_MEMORY = 1024  # packets remembered after being declared lost (late ACKs)
+K_MAX_ACK_DELAY_CC = 1.0  # largest reported ACK delay taken off a congestion-control sample
 K_PACING_TICK = 0.0002  # shortest pacing wait, seconds
+K_PACING_BURST = 8  # datagrams that may leave back to back
+K_PACING_WINDOW = 0.010  # seconds of pacing credit kept across a late timer
 
 # error codes carried in CLOSE and RESET_STREAM
 NO_ERROR = 0
@@ -459,6 +462,8 @@ class ConnectionCore:
             "replayed": 0,
             "malformed": 0,
             "key_updates": 0,
+            "pacing_waits": 0,
+            "cwnd_limited": 0,
         }
         if initiator:
             self._start_handshake(now)
@@ -1062,8 +1067,11 @@ class ConnectionCore:
             # RFC 6298 section 2.3
             self.rttvar = (1 - K_BETA) * self.rttvar + K_BETA * abs(self.smoothed_rtt - adjusted)
             self.smoothed_rtt = (1 - K_ALPHA) * self.smoothed_rtt + K_ALPHA * adjusted
+        # The controller looks for queues on the path: all of the time the peer held the
+        # ACK back (it measures that from the kernel's receive timestamp) is not path delay.
+        path_rtt = max(self.min_rtt, latest - min(ack_delay, K_MAX_ACK_DELAY_CC))
         self.cc.on_rtt_measurement(
-            latest_rtt=latest, min_rtt=self.min_rtt, smoothed_rtt=self.smoothed_rtt, now=now
+            latest_rtt=path_rtt, min_rtt=self.min_rtt, smoothed_rtt=self.smoothed_rtt, now=now
         )
 
     @property
@@ -1350,7 +1358,7 @@ class ConnectionCore:
         cc = self.cc
         srtt = self.smoothed_rtt or K_INITIAL_RTO / 3
         rate = cc.pacing_rate(srtt)
-        budget_cap = max(4 * mds, rate * 0.002)
+        budget_cap = max(K_PACING_BURST * mds, rate * K_PACING_WINDOW)
         self._pacing_budget = min(
             budget_cap, self._pacing_budget + (now - self._pacing_time) * rate
         )
@@ -1374,6 +1382,9 @@ class ConnectionCore:
             if can_send and self._pacing_budget < mds - 1 and self._probe_packets == 0:
                 self._pacing_timer = now + max((mds - self._pacing_budget) / rate, K_PACING_TICK)
                 can_send = False
+                counters["pacing_waits"] += 1
+            elif room < mds and self._has_payload():
+                counters["cwnd_limited"] += 1
             if not can_send and not ack_due:
                 break
             buf = wire.Buffer()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -48,6 +50,9 @@ WRITE_HIGH_WATER = 2 << 20
 _READ_BATCH = 256
 _RECV_SIZE = 65536
 _MAX_QUEUED_DATAGRAMS = 256
+_SO_TIMESTAMPNS = 35  # Linux <asm-generic/socket.h>; SCM_TIMESTAMPNS has the same value
+_TIMESPEC = struct.Struct("qq")
+_ANC_SIZE = 64
 
 Handler = Callable[["Connection", "Stream"], Awaitable[None]]
 
@@ -348,6 +353,7 @@ class Endpoint:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._flush_scheduled = False
+        self._timestamps = False
         self.local_address: Address = ("0.0.0.0", 0)
         self.counters: dict[str, int] = {
             "stun_in": 0,
@@ -359,17 +365,31 @@ class Endpoint:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def bind(self, host: str = "0.0.0.0", port: int = 0) -> None:
-        """Open the UDP socket (raises OSError when the address is taken)."""
+    async def bind(
+        self, host: str = "0.0.0.0", port: int = 0, *, sock: socket.socket | None = None
+    ) -> None:
+        """Open the UDP socket (raises OSError when the address is taken).
+
+        With ``sock``, use that datagram socket instead (bound here if it is not yet), e.g.
+        one created inside a network namespace.
+        """
         self._loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        if sock is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-            sock.bind((host, port))
+            if sock.getsockname()[1] == 0:
+                sock.bind((host, port))
+            try:
+                # receive timestamps keep event-loop latency out of RTT samples
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                self._timestamps = True
+            except OSError:
+                self._timestamps = False
         except OSError:
             sock.close()
             raise
@@ -462,21 +482,36 @@ class Endpoint:
 
     def _read_ready(self) -> None:
         sock = self._sock
-        if sock is None:
+        if sock is None or self._loop is None:
             return
+        clock = self._loop.time
+        # kernel receive timestamps are CLOCK_REALTIME; map them onto the loop's clock
+        offset = time.time() - clock()
+        stamped = self._timestamps
         for _ in range(_READ_BATCH):
             try:
-                data, addr = sock.recvfrom(_RECV_SIZE)
+                if stamped:
+                    data, anc, _flags, addr = sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+                else:
+                    data, addr = sock.recvfrom(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 # ICMP errors surface here on Linux; nothing to do for a datagram socket
                 _log.debug("udp_recv_error", error=str(exc))
                 continue
-            self._on_datagram(data, (addr[0], addr[1]))
+            # each datagram gets its own arrival time: a long batch must not date the
+            # late ones back to its start (that would shorten their RTT samples)
+            at = clock()
+            if stamped and anc:
+                level, kind, raw = anc[0]
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= 16:
+                    sec, nsec = _TIMESPEC.unpack_from(raw)
+                    at = min(at, sec + nsec * 1e-9 - offset)
+            self._on_datagram(data, (addr[0], addr[1]), at)
         self._flush()
 
-    def _on_datagram(self, data: bytes, addr: Address) -> None:
+    def _on_datagram(self, data: bytes, addr: Address, at: float | None = None) -> None:
         if is_stun(data):
             self.counters["stun_in"] += 1
             if self.stun_handler is not None:
@@ -487,7 +522,7 @@ class Endpoint:
                     _log.exception("stun_handler_failed")
             return
         assert self._loop is not None
-        self.core.receive(data, addr, self._loop.time())
+        self.core.receive(data, addr, self._loop.time() if at is None else at)
 
     def _touch(self, core: ConnectionCore) -> None:
         self.core.touch(core)
@@ -626,9 +661,11 @@ async def open_endpoint(
     identity: Identity,
     host: str = "0.0.0.0",
     port: int = 0,
+    *,
+    sock: socket.socket | None = None,
     **kwargs: Any,
 ) -> Endpoint:
-    """Create an :class:`Endpoint` bound to ``host:port``."""
+    """Create an :class:`Endpoint` bound to ``host:port`` (or on the given socket)."""
     ep = Endpoint(identity, **kwargs)
-    await ep.bind(host, port)
+    await ep.bind(host, port, sock=sock)
     return ep

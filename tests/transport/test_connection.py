@@ -305,17 +305,17 @@ def transfer_rest(
 
 
 def test_spurious_timeout_does_not_resend_delivered_data() -> None:
-    net, a, b = setup(Link(delay=0.02))
+    net, a, b = setup(Link(delay=0.02, rate_bps=20e6))
     c, s = established(net, a, b)
     sid = c.open_stream()
-    blob = os.urandom(300000)
+    blob = os.urandom(1_000_000)
     c.send_stream(sid, blob, fin=True)
     a.touch(c)
     net.run_for(0.2)
     # ACKs stall for 2 s (a delay spike on the return path): the sender's RTO fires
-    net.links[(B, A)] = Link(delay=2.0)
-    net.run_for(0.3)
-    net.links[(B, A)] = Link(delay=0.02)
+    net.links[(B, A)] = Link(delay=2.0, rate_bps=20e6)
+    net.run_for(0.8)
+    net.links[(B, A)] = Link(delay=0.02, rate_bps=20e6)
     assert transfer_rest(net, c, s, a, b, sid) == blob
     assert c.counters["rto"] >= 1
     stream_bytes_sent = c.counters["bytes_out"]

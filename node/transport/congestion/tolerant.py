@@ -34,15 +34,19 @@ from typing import Any
 
 from node.transport.congestion.base import CongestionControl, register_congestion_control
 
-ALPHA = 0.04  # queued fraction of the bdp below which the window grows
-BETA = 0.12  # queued fraction of the bdp above which the window is cut to the bdp
+ALPHA = 0.06  # queued fraction of the bdp below which the window grows
+BETA = 0.2  # queued fraction of the bdp above which the window is cut to the bdp
 LOSS_SAMPLE_ACKS = 100  # ACKs per loss-rate estimate
 BW_FILTER = 0.25  # weight of a new bandwidth sample (Westwood+ low-pass filter)
 BW_WINDOW = 10  # samples (about one per round trip) the bandwidth maximum is taken over
-MIN_RTT_WINDOW = 10.0  # seconds a min_rtt sample stays valid
+MIN_RTT_ROUNDS = 30  # rounds the base RTT is the minimum over
+ROUND_RTT_QUANTILE = 0.2  # which sample of a round stands for its RTT
+MAX_ROUND_SAMPLES = 512
 SATURATION_ROUNDS = 4  # rounds held in saturation before probing again
 PACING_GAIN_STARTUP = 2.0
 PACING_GAIN = 1.05
+QUIET_ROUNDS = 2  # rounds without a queue before probing speeds up
+PROBE_BOOST = 8  # ... to this fraction of the window per round
 BURST_LOSS_MARGIN = 0.05  # a round's loss rate this far above the usual one is congestion
 BURST_LOSS_PACKETS = 4  # ... provided the round lost at least this many packets
 DELAY_NOISE = 0.005  # seconds of RTT variation never taken for a queue (scheduling, timers)
@@ -63,7 +67,6 @@ class Tolerant(CongestionControl):
         self.phase = Phase.SLOW_START
         self.bandwidth = 0.0  # bytes/s
         self.min_rtt = 0.0
-        self._min_rtt_at = 0.0
         self.smoothed_rtt = 0.0
         self.diff = 0.0
         self.loss_rate = 0.0
@@ -71,10 +74,13 @@ class Tolerant(CongestionControl):
         self.random_losses = 0
         # round state
         self._round_start = -1.0
-        self._round_min_rtt = float("inf")
+        self._round_samples: list[float] = []
+        self._round_rtts: deque[float] = deque(maxlen=MIN_RTT_ROUNDS)
         self._round_acked = 0
         self._round_lost = 0
         self._rounds_saturated = 0
+        self._high_rounds = 0
+        self._quiet_rounds = 0
         self._last_cut = float("-inf")
         # bandwidth sampling
         self._bw_start = -1.0
@@ -103,17 +109,10 @@ class Tolerant(CongestionControl):
         self, *, latest_rtt: float, min_rtt: float, smoothed_rtt: float, now: float
     ) -> None:
         self.smoothed_rtt = smoothed_rtt
-        if (
-            self.min_rtt == 0.0
-            or latest_rtt <= self.min_rtt
-            or now - self._min_rtt_at > (MIN_RTT_WINDOW)
-        ):
-            if now - self._min_rtt_at > MIN_RTT_WINDOW and self._round_min_rtt < float("inf"):
-                latest_rtt = min(latest_rtt, self._round_min_rtt)
+        if self.min_rtt == 0.0:
             self.min_rtt = latest_rtt
-            self._min_rtt_at = now
-        if latest_rtt < self._round_min_rtt:
-            self._round_min_rtt = latest_rtt
+        if len(self._round_samples) < MAX_ROUND_SAMPLES:
+            self._round_samples.append(latest_rtt)
 
     def on_packets_acked(
         self, *, acked_bytes: int, newest_sent_time: float, bytes_in_flight: int, now: float
@@ -131,10 +130,12 @@ class Tolerant(CongestionControl):
         if self.phase == Phase.SLOW_START:
             self.congestion_window += acked_bytes
         elif self.phase == Phase.PROBING:
-            # Reno congestion avoidance: one datagram per window acknowledged.
-            self.congestion_window += max(
-                1, self.max_datagram_size * acked_bytes // self.congestion_window
-            )
+            # Reno congestion avoidance: one datagram per window acknowledged; after
+            # rounds with no queue at all, 1/PROBE_BOOST of the window per round instead
+            step = self.max_datagram_size
+            if self._quiet_rounds >= QUIET_ROUNDS:
+                step = max(step, self.congestion_window // PROBE_BOOST)
+            self.congestion_window += max(1, step * acked_bytes // self.congestion_window)
 
     def _sample_bandwidth(self, acked_bytes: int, bytes_in_flight: int, now: float) -> None:
         if self._bw_start < 0:
@@ -166,16 +167,24 @@ class Tolerant(CongestionControl):
         self._sample_lost_bytes = 0
 
     def _end_round(self, now: float) -> None:
-        rtt = self._round_min_rtt
-        if rtt < float("inf") and rtt > 0:
+        samples = sorted(self._round_samples)
+        # the round's RTT is a low quantile of its samples: stray early or late samples
+        # (scheduling noise on either host) move neither it nor the base RTT
+        rtt = samples[int(len(samples) * ROUND_RTT_QUANTILE)] if samples else 0.0
+        if rtt > 0:
+            # base RTT: the smallest round RTT of the last MIN_RTT_ROUNDS rounds
+            self._round_rtts.append(rtt)
+            self.min_rtt = min(self._round_rtts)
             self.diff = self.congestion_window * (1.0 - self.min_rtt / rtt)
         bdp = self.bdp
+        high = False
         if bdp > 0:
-            if self.diff > self._beta():
+            high = self.diff > self._beta()
+            # a queue must show in two rounds in a row (or be twice the limit) before it
+            # counts: one slow round is scheduling noise more often than a real queue
+            if high and (self._high_rounds or self.diff > 2 * self._beta()):
                 self._cut(now, to_bdp=True)
-            elif self.diff > self._alpha():
-                if self.phase == Phase.SLOW_START:
-                    self.ssthresh = self.congestion_window
+            elif self.diff > self._alpha() and self.phase != Phase.SLOW_START:
                 self.phase = Phase.SATURATED
                 self._rounds_saturated += 1
                 if self._rounds_saturated >= SATURATION_ROUNDS:
@@ -184,6 +193,9 @@ class Tolerant(CongestionControl):
             elif self.phase == Phase.SATURATED:
                 self.phase = Phase.PROBING
                 self._rounds_saturated = 0
+        self._high_rounds = self._high_rounds + 1 if bdp > 0 and high else 0
+        quiet = bdp > 0 and self.diff < self._alpha() / 2
+        self._quiet_rounds = self._quiet_rounds + 1 if quiet else 0
         total = self._round_acked + self._round_lost
         lost_packets = self._round_lost // self.max_datagram_size
         if lost_packets >= BURST_LOSS_PACKETS and not self._delay_signal():
@@ -191,7 +203,7 @@ class Tolerant(CongestionControl):
             if round_loss > 2 * self.loss_rate + BURST_LOSS_MARGIN:
                 self._cut(now, to_bdp=False)
         self._round_start = now
-        self._round_min_rtt = float("inf")
+        self._round_samples = []
         self._round_acked = 0
         self._round_lost = 0
 
