@@ -20,7 +20,7 @@ from node.web.security import HostPolicy, split_host
 from tests.web.conftest import ThreadedServer
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -9,7 +9,7 @@ const COLORS = { storage: "#2b8a7e", egress: "#e0a030", relay: "#6a5acd" };
 const MAX_EVENTS = 50;
 const TOKEN_KEY = "bitchat-admin-token";
 
-const state = { currency: "", chart: null, chartDays: "", events: new Map(), token: null, pending: null, last: {} };
+const state = { currency: "", chart: null, chartDays: "", events: new Map(), token: null, pending: null, last: {}, connected: false, traffic: null };
 
 // -- formatting ----------------------------------------------------------------------
 
@@ -309,13 +309,19 @@ function showError(msg) {
   err.hidden = false;
 }
 
+async function loadEvents(fresh) {
+  try {
+    const doc = await getJson(`/api/events?limit=${MAX_EVENTS}`);
+    if (fresh) state.events.clear();
+    for (const e of doc.events) addEvent(e);
+    renderEvents();
+  } catch (e) { showError(`cannot load events: ${e.message}`); }
+}
+
 async function load() {
   const docs = await Promise.all(SECTIONS.map((s) => getJson(`/api/${s}`).catch((e) => ({ available: false, reason: e.message }))));
   SECTIONS.forEach((s, i) => apply(s, docs[i]));
-  try {
-    for (const e of (await getJson("/api/events?limit=50")).events) addEvent(e);
-    renderEvents();
-  } catch (e) { showError(`cannot load events: ${e.message}`); }
+  await loadEvents(false);
   document.body.dataset.loaded = "1";
   performance.mark("dashboard-filled");
 }
@@ -323,7 +329,14 @@ async function load() {
 function connect() {
   const live = $("live");
   const src = new EventSource("/api/events/stream");
-  src.onopen = () => { live.textContent = "live"; live.className = "badge on"; $("error").hidden = true; };
+  src.onopen = () => {
+    live.textContent = "live";
+    live.className = "badge on";
+    $("error").hidden = true;
+    // After a reconnect the agent may have restarted (event ids start again): reload the list.
+    if (state.connected) loadEvents(true);
+    state.connected = true;
+  };
   src.onerror = () => { live.textContent = "reconnecting…"; live.className = "badge off"; };
   for (const s of SECTIONS) {
     src.addEventListener(s, (m) => {
