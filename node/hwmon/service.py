@@ -45,6 +45,7 @@ _log = log.get_logger(__name__)
 DISK_PROBE_TIMEOUT = 5.0
 SMART_FIRST_DELAY = 300.0
 MAX_IDENTIFY_S = 3600.0
+IO_ERROR_EVENT_EVERY = 60.0
 _PEER_KEYS = ("dht_peers", "routing_table_peers", "peers", "sessions")
 
 
@@ -83,6 +84,9 @@ class HwmonService:
         self.smart_result: Finding | None = None
         self.thermal_reason = "no reading yet"
         self.under_voltage = False
+        self._supply_bad_at = 0.0
+        self._io_errors_pending = 0
+        self._io_errors_told = float("-inf")
         self.polls = 0
         self.polled_at: float | None = None
         self._devices_open = False
@@ -237,18 +241,20 @@ class HwmonService:
                 self.fan.set_duty(self.policy.fan_duty)
             except (HwmonError, RuntimeError) as exc:
                 self._missing("fan-write", Finding("warn", "fan", f"fan: {exc}", "check wiring"))
-        self._power(readings)
+        self._power(readings, now)
         disk_change = self.disk_policy.update(disk)
         if disk_change is not None:
             self._disk_changed(disk_change)
-        if self.disk_policy.new_io_errors:
+        self._io_errors_pending += self.disk_policy.new_io_errors
+        if self._io_errors_pending and now - self._io_errors_told >= IO_ERROR_EVENT_EVERY:
             self.ctx.events.emit(
                 "warning",
                 self.name,
-                f"{self.disk_policy.new_io_errors} new I/O errors on {disk.device}",
+                f"{self._io_errors_pending} new I/O errors on {disk.device}",
                 device=disk.device,
                 total=self.disk_policy.io_errors,
             )
+            self._io_errors_pending, self._io_errors_told = 0, now
         self._box = {
             "booting": False,
             "network": self._network_up(),
@@ -297,12 +303,17 @@ class HwmonService:
         )
         _log.info("disk_state", old=change.old, new=change.new, reason=change.reason)
 
-    def _power(self, r: Readings) -> None:
-        now = r.under_voltage_now
-        if now == self.under_voltage:
+    def _power(self, r: Readings, now: float) -> None:
+        """Under-voltage holds until the supply stayed good for ``cool_down_s`` (no flapping)."""
+        sagging = r.under_voltage_now
+        if sagging:
+            self._supply_bad_at = now
+        elif self.under_voltage and now - self._supply_bad_at < self.cfg.cool_down_s:
             return
-        self.under_voltage = now
-        if now:
+        if sagging == self.under_voltage:
+            return
+        self.under_voltage = sagging
+        if sagging:
             self.ctx.limits.set("power", Restriction(pause_background=True))
             self.ctx.events.emit(
                 "warning",

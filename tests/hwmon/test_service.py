@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,17 @@ async def test_under_voltage_pauses_background_work(tmp_path: Path, clock: FakeC
     assert any(f.check == "power" and f.level == "fail" for f in svc.findings())
     assert "under-voltage" in svc.ctx.events.recent(1)[0].message
     sensors.throttle = Throttled.from_int(0x50000)
-    step(svc, sensors, clock, 50.0)
+    for i in range(3):  # good for 20 s, less than cool_down_s: still held
+        clock.advance(10)
+        step(svc, sensors, clock, 50.0)
+        assert svc.ctx.limits.why("pause_background") == ["power"]
+        sensors.throttle = Throttled.from_int(0x50005 if i == 1 else 0x50000)  # one more sag
+    for _ in range(3):
+        clock.advance(10)
+        step(svc, sensors, clock, 50.0)
     assert svc.ctx.limits.to_json()["reasons"] == []
+    power_events = [e.message for e in svc.ctx.events.recent() if "volt" in e.message]
+    assert len(power_events) == 2  # one sag, one recovery: no flapping
     power = [f for f in svc.findings() if f.check == "power"]
     assert [(f.level, f.message) for f in power] == [("warn", "under-voltage happened since boot")]
 
@@ -199,3 +209,15 @@ async def test_without_leds_the_led_loop_never_wakes(tmp_path: Path, clock: Fake
     assert svc.led_step(clock()) is None
     await svc.identify(5)
     assert svc.led_step(clock()) is None and svc.status()["led_pattern"] == "identify"
+
+
+async def test_io_error_events_are_batched(tmp_path: Path, clock: FakeClock) -> None:
+    svc, sensors = service(tmp_path, clock)
+    reading = FakeDiskProbe().reading
+    for errors in (0, 2, 5, 9):
+        svc.apply(read_all(sensors), replace(reading, io_errors=errors), clock())
+        clock.advance(5)
+    clock.advance(60)
+    svc.apply(read_all(sensors), replace(reading, io_errors=10), clock())
+    told = [e.message for e in reversed(svc.ctx.events.recent()) if "I/O errors" in e.message]
+    assert told == ["2 new I/O errors on /dev/sda", "8 new I/O errors on /dev/sda"]
