@@ -16,7 +16,9 @@ import os
 import re
 import stat
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,6 +286,41 @@ def _write_all(fd: int, data: memoryview, offset: int, target: Target) -> None:
         offset += n
 
 
+class _Hasher:
+    """SHA-256 of the whole stream and of each block-map range, fed chunk by chunk in order.
+
+    It runs on a worker thread (hashlib releases the GIL), so hashing overlaps the writes.
+    """
+
+    def __init__(self, image: Path, block_map: bmapmod.BlockMap | None) -> None:
+        self.image = image
+        self.digest = hashlib.sha256()
+        self.spans = [(*block_map.byte_span(r), r) for r in block_map.ranges] if block_map else []
+        self.i = 0
+        self.range_hash = hashlib.sha256()
+
+    def feed(self, chunk: bytes, pos: int) -> None:
+        self.digest.update(chunk)
+        view = memoryview(chunk)
+        end = pos + len(chunk)
+        while self.i < len(self.spans):
+            start, length, rng = self.spans[self.i]
+            lo, hi = max(start, pos), min(start + length, end)
+            if lo >= end:
+                return
+            if lo < hi:
+                self.range_hash.update(view[lo - pos : hi - pos])
+            if start + length > end:
+                return
+            if self.range_hash.hexdigest() != rng.sha256:
+                raise FlashError(
+                    f"{self.image} does not match its block map in blocks "
+                    f"{rng.first}-{rng.last}: the image or the .bmap is damaged"
+                )
+            self.range_hash = hashlib.sha256()
+            self.i += 1
+
+
 def _write(
     image: Path,
     fd: int,
@@ -293,51 +330,47 @@ def _write(
     progress: Progress | None,
 ) -> tuple[str, int]:
     """Stream the image into ``fd``; (sha256 of the image, bytes written)."""
-    digest = hashlib.sha256()
-    spans = [(*block_map.byte_span(r), r) for r in block_map.ranges] if block_map else []
+    hasher = _Hasher(image, block_map)
+    spans = [block_map.byte_span(r) for r in block_map.ranges] if block_map else []
     span_i = 0
-    range_hash = hashlib.sha256()
     pos = 0
     written = 0
-    with compress.open_image(image) as reader:
+    pending: deque[Future[None]] = deque()
+    with compress.open_image(image) as reader, ThreadPoolExecutor(max_workers=1) as pool:
         for chunk in compress.iter_chunks(reader):
-            digest.update(chunk)
-            view = memoryview(chunk)
             end = pos + len(chunk)
             if end > size:
                 raise FlashError(f"{image} is larger than the {size} bytes it claims")
+            pending.append(pool.submit(hasher.feed, chunk, pos))
+            while len(pending) > 4 or (pending and pending[0].done()):
+                pending.popleft().result()  # bounds memory; raises a mismatch early
+            view = memoryview(chunk)
             if block_map is None:
                 _write_all(fd, view, pos, target)
                 written += len(chunk)
-            while block_map is not None and span_i < len(spans):
-                start, length, rng = spans[span_i]
+            while span_i < len(spans):
+                start, length = spans[span_i]
                 lo, hi = max(start, pos), min(start + length, end)
                 if lo >= end:
                     break
                 if lo < hi:
                     _write_all(fd, view[lo - pos : hi - pos], lo, target)
-                    range_hash.update(view[lo - pos : hi - pos])
                     written += hi - lo
-                if start + length <= end:
-                    if range_hash.hexdigest() != rng.sha256:
-                        raise FlashError(
-                            f"{image} does not match its block map in blocks "
-                            f"{rng.first}-{rng.last}: the image or the .bmap is damaged"
-                        )
-                    range_hash = hashlib.sha256()
-                    span_i += 1
-                else:
+                if start + length > end:
                     break
+                span_i += 1
             pos = end
             if progress:
                 progress("write", pos, size)
+        while pending:
+            pending.popleft().result()
     if pos != size:
         raise FlashError(f"{image} ended after {pos} bytes, expected {size}: it is truncated")
     try:
         os.fsync(fd)
     except OSError as exc:
         raise FlashError(f"flushing {target.path} failed: {exc.strerror}") from exc
-    return digest.hexdigest(), written
+    return hasher.digest.hexdigest(), written
 
 
 def _verify(

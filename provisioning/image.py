@@ -43,7 +43,7 @@ _DEBUGFS_ERRORS = re.compile(
     re.IGNORECASE,
 )
 _FIRSTRUN_ARGS = (
-    "systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot "
+    "systemd.run={boot}/firstrun.sh systemd.run_success_action=reboot "
     "systemd.unit=kernel-command-line.target"
 )
 _GROUPS = "users,adm,dialout,audio,netdev,video,plugdev,cdrom,games,input,gpio,spi,i2c,render,sudo"
@@ -612,18 +612,21 @@ def build(
         boot, root = mbr.pi_layout(parts)
         fat = Fat(part, boot.offset, epoch)
         mode = choose_first_boot(recipe, fat.names())
+        check_ext4(part, root.offset)
         boot_files: dict[str, bytes] = {"ssh": b""}
         if mode == "cloud-init":
             boot_files.update(cloud_init_files(recipe))
         else:
+            # Bookworm mounts the boot partition on /boot/firmware, older releases on /boot.
+            firmware = existing_dirs(part, root.offset, ["/boot/firmware"], staging)
+            mount = "/boot/firmware" if firmware else "/boot"
             cmdline = fat.read("cmdline.txt").decode(errors="replace").strip()
             if "systemd.run=" not in cmdline:
-                cmdline = f"{cmdline} {_FIRSTRUN_ARGS}".strip()
+                cmdline = f"{cmdline} {_FIRSTRUN_ARGS.format(boot=mount)}".strip()
             boot_files["cmdline.txt"] = (cmdline + "\n").encode()
             boot_files["firstrun.sh"] = firstrun_script(recipe)
         log(f"writing {len(boot_files)} files to the boot partition ({mode})")
         fat.write(boot_files, staging)
-        check_ext4(part, root.offset)
         files = root_files(recipe, house, version)
         log(f"writing {len(files)} files to the root partition")
         wanted = sorted(

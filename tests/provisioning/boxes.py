@@ -176,7 +176,9 @@ class FakeBox:
                     break
                 time.sleep(0.1)
 
-    def install(self, wheelhouse: Path, template: Path | None = None) -> None:
+    def install(
+        self, wheelhouse: Path, template: Path | None = None, *, agent: bool = True
+    ) -> None:
         """As first boot on an image does: wheelhouse, release 0.1.0, identity; then start.
 
         ``template``, an installed release dir of another box, saves the pip run.
@@ -195,11 +197,14 @@ class FakeBox:
         if template is not None:
             shutil.copytree(template, self.prefix / "releases" / template.name, symlinks=True)
         self.box("firstboot")
-        self.box("activate", "0.1.0")
-        self.box("health", "0.1.0", "30")
+        if agent:
+            self.box("activate", "0.1.0")
+            self.box("health", "0.1.0", "30")
 
 
-def start_boxes(base: Path, count: int, wheelhouse: Path, operator_pub: Path) -> list[FakeBox]:
+def start_boxes(
+    base: Path, count: int, wheelhouse: Path, operator_pub: Path, *, agents: bool = True
+) -> list[FakeBox]:
     base.mkdir(parents=True, exist_ok=True)
     authorized = base / "authorized_keys"
     authorized.write_text(operator_pub.read_text())
@@ -209,7 +214,7 @@ def start_boxes(base: Path, count: int, wheelhouse: Path, operator_pub: Path) ->
         b.root.mkdir(parents=True)
         b.host_key_setup()
         template = None if b is boxes[0] else boxes[0].prefix / "releases" / "0.1.0"
-        b.install(wheelhouse, template)
+        b.install(wheelhouse, template, agent=agents)
         b.start_sshd()
 
     try:

@@ -19,8 +19,18 @@ def _run(*cmd: str, env: dict[str, str] | None = None) -> None:
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **(env or {})})
 
 
-def make_pi_image(dest: Path, *, cloud_init: bool = False) -> Path:
-    """Write a small image with the Raspberry Pi OS partition layout to ``dest``."""
+def make_pi_image(
+    dest: Path,
+    *,
+    cloud_init: bool = False,
+    root_sectors: int = ROOT_SECTORS,
+    payload: int = 0,
+    boot_mount: str = "boot/firmware",
+) -> Path:
+    """Write an image with the Raspberry Pi OS partition layout to ``dest``.
+
+    ``payload`` bytes of random data in ``/usr/lib/payload`` stand in for a real root's files.
+    """
     mkfs_vfat = require_binary("mkfs.vfat", "dosfstools")
     mcopy = require_binary("mcopy", "mtools")
     mke2fs = require_binary("mke2fs", "e2fsprogs")
@@ -46,18 +56,30 @@ def make_pi_image(dest: Path, *, cloud_init: bool = False) -> Path:
         env = {"MTOOLS_SKIP_CHECK": "1", "SOURCE_DATE_EPOCH": EPOCH}
         _run(mcopy, "-i", str(boot), str(src), f"::/{name}", env=env)
     tree = work / "rootfs"
-    for d in ("etc/systemd/system/multi-user.target.wants", "usr/bin", "var/lib", "home", "opt"):
+    for d in (
+        "etc/systemd/system/multi-user.target.wants",
+        "usr/bin",
+        "var/lib",
+        "home",
+        "opt",
+        boot_mount,
+    ):
         (tree / d).mkdir(parents=True, exist_ok=True)
     (tree / "etc/hostname").write_text("raspberrypi\n")
     (tree / "etc/os-release").write_text('PRETTY_NAME="Synthetic Raspberry Pi OS Lite"\n')
+    if payload:
+        (tree / "usr/lib").mkdir(parents=True, exist_ok=True)
+        with (tree / "usr/lib/payload").open("wb") as fh:
+            for _ in range(0, payload, 1 << 20):
+                fh.write(os.urandom(1 << 20))
     root = work / "root.ext4"
     root.unlink(missing_ok=True)
     _run(mke2fs, "-q", "-t", "ext4", "-L", "rootfs", "-U", "0b6d4a2c-1f2e-4b3a-9c8d-7e6f5a4b3c2d",
          "-E", "root_owner=0:0,hash_seed=0b6d4a2c-1f2e-4b3a-9c8d-7e6f5a4b3c2d", "-d", str(tree),
-         str(root), f"{ROOT_SECTORS // 2}k", env={"E2FSPROGS_FAKE_TIME": EPOCH})  # fmt: skip
+         str(root), f"{root_sectors // 2}k", env={"E2FSPROGS_FAKE_TIME": EPOCH})  # fmt: skip
     root_start = BOOT_START + BOOT_SECTORS
     table = build_mbr(
-        [(0x0C, BOOT_START, BOOT_SECTORS, False), (0x83, root_start, ROOT_SECTORS, False)],
+        [(0x0C, BOOT_START, BOOT_SECTORS, False), (0x83, root_start, root_sectors, False)],
         disk_id=0x12345678,
     )
     with dest.open("wb") as out:
@@ -70,5 +92,5 @@ def make_pi_image(dest: Path, *, cloud_init: bool = False) -> Path:
                         out.seek(len(chunk), os.SEEK_CUR)
                     else:
                         out.write(chunk)
-        out.truncate((root_start + ROOT_SECTORS) * SECTOR)
+        out.truncate((root_start + root_sectors) * SECTOR)
     return dest

@@ -93,6 +93,7 @@ def test_build_firstrun_image_and_read_everything_back(
     # The FAT side: firstrun.sh hooked into cmdline.txt, SSH enabled.
     cmdline = _fat_read(out, "cmdline.txt").decode()
     assert cmdline.startswith("console=serial0") and cmdline.count("systemd.run=") == 1
+    assert "systemd.run=/boot/firmware/firstrun.sh " in cmdline  # bookworm layout
     firstrun = _fat_read(out, "firstrun.sh").decode()
     assert "NEW_USER=operator" in firstrun and "operator@laptop" in firstrun
     assert "Europe/Berlin" in firstrun and "de_DE.UTF-8" in firstrun
