@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.hwmon.sensors import FakeSensors, LinuxSensors, pick_soc, read_all
+from node.hwmon.sensors import THROTTLED_FILE, FakeSensors, LinuxSensors, pick_soc, read_all
 from tests.hwmon.conftest import FakeClock, build_pi, write
 
 
@@ -132,3 +133,31 @@ def test_any_bytes_in_any_sensor_file_give_readings_or_findings(
     json.dumps(r.to_json())
     assert r.soc_temp_c is None or -60 <= r.soc_temp_c <= 200
     assert all(f.level == "warn" and f.message for f in r.findings)
+
+
+@pytest.mark.skipif(
+    Path("/", THROTTLED_FILE).exists(), reason="this machine has the firmware's sysfs file"
+)
+@pytest.mark.parametrize(
+    ("script", "expect"),
+    [
+        ("echo throttled=0x50000", "since boot"),
+        ("echo 'VCHI initialization failed' >&2; exit 1", "vcgencmd get_throttled failed"),
+        ("exec sleep 30", "did not answer within 0.3 s"),
+        ("echo throttled=banana", "not a throttled value"),
+    ],
+)
+def test_vcgencmd_on_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str, expect: str
+) -> None:
+    tool = tmp_path / "vcgencmd"
+    tool.write_text(f"#!/bin/sh\n{script}\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    r = read_all(LinuxSensors("/", vcgencmd_timeout=0.3))
+    if expect == "since boot":
+        assert r.throttled is not None and r.throttled.since_boot["under_voltage"]
+        assert not r.throttled.now["under_voltage"]
+    else:
+        assert r.throttled is None
+        assert any(f.check == "throttling" and expect in f.message for f in r.findings)
