@@ -340,3 +340,42 @@ def test_cards_say_why_when_services_are_missing(browser: Any, tmp_path: Path) -
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_page_follows_an_agent_restart(browser: Any, tmp_path: Path) -> None:
+    import socket
+
+    box = tmp_path / "box"
+    init_data_dir(box)
+    (box / "config.toml").write_text(f"[web]\nlive_interval = {LIVE_INTERVAL}\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    first = start_agent(box, ["--web", f"127.0.0.1:{port}"])
+    context = browser.new_context()
+    try:
+        pg = context.new_page()
+        pg.goto(first.web)
+        pg.wait_for_selector("#live.on")
+        started = pg.evaluate("state.last.status.started_at")
+        assert first.stop() == 0
+        pg.wait_for_selector("#live.off")
+        second = start_agent(box, ["--web", f"127.0.0.1:{port}"])
+        try:
+            # EventSource reconnects by itself; the page then shows the new run.
+            pg.wait_for_function(
+                "(t) => state.last.status.started_at > t && "
+                "document.getElementById('live').classList.contains('on')",
+                arg=started,
+                timeout=30_000,
+            )
+            # The event list is the new run's, not the old one's.
+            pg.wait_for_function(
+                "() => state.events.size > 0 && [...state.events.values()].every("
+                "(e) => e.ts >= state.last.status.started_at)"
+            )
+            assert pg.locator("#events li:has-text('started')").count() == 1
+        finally:
+            second.stop()
+    finally:
+        context.close()
