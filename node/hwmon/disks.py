@@ -26,7 +26,14 @@ from typing import Any
 
 from node.config import Config
 from node.hwmon.errors import SensorError
-from node.hwmon.parse import DiskStat, Mount, parse_block_stat, parse_ioerr_cnt, parse_mounts
+from node.hwmon.parse import (
+    DiskStat,
+    Mount,
+    parse_block_stat,
+    parse_diskstats,
+    parse_ioerr_cnt,
+    parse_mounts,
+)
 from node.hwmon.sensors import libc, read_text
 from node.limits import Restriction
 
@@ -161,9 +168,14 @@ class LinuxDiskProbe(DiskProbe):
             return None
 
     def block_stat(self, disk: str) -> DiskStat | None:
+        """The disk's I/O counters from sysfs, else from ``/proc/diskstats``."""
         try:
             return parse_block_stat(disk, read_text(self.root / "sys/block" / disk / "stat"))
         except (OSError, SensorError):
+            pass
+        try:
+            return parse_diskstats(read_text(self.root / "proc/diskstats", 1 << 20)).get(disk)
+        except OSError:
             return None
 
     def probe(self, data_dir: Path, expected_mount: str | None) -> DiskReading:

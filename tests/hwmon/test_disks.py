@@ -23,7 +23,7 @@ from node.hwmon.parse import parse_mounts
 from node.hwmon.sensors import FakeSensors
 from node.hwmon.service import HwmonService
 from node.limits import Restriction
-from tests.hwmon.conftest import make_ctx, write
+from tests.hwmon.conftest import DISKSTATS, make_ctx, write
 from tests.support import require_binary, require_root
 
 
@@ -52,6 +52,19 @@ def test_probe_finds_device_and_io_errors(tmp_path: Path) -> None:
     assert r.total_bytes and r.free_bytes is not None
     assert r.stat is not None and (r.stat.reads, r.stat.sectors_written) == (1203, 1024)
     assert r.to_json()["io"]["io_ms"] == 2904
+
+
+def test_io_counters_fall_back_to_proc_diskstats(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    root = tmp_path / "root"
+    usb_disk_tree(root, data)
+    (root / "sys/block/sda/stat").unlink()
+    write(root, "proc/diskstats", DISKSTATS)
+    stat = LinuxDiskProbe(root).probe(data, None).stat
+    assert stat is not None and (stat.reads, stat.io_ms) == (1203, 2904)
+    (root / "proc/diskstats").write_text("nonsense\n")
+    assert LinuxDiskProbe(root).probe(data, None).stat is None
 
 
 def test_probe_read_only_from_mount_options(tmp_path: Path) -> None:
