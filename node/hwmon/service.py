@@ -1,9 +1,10 @@
 """The ``hwmon`` agent service: polls the hardware, applies the policies, drives fan and LEDs.
 
 Theory of operation: every ``poll_interval_s`` the service reads the sensors and probes the data
-disk (in a worker thread, so a hung USB disk cannot stall the loop), then :meth:`apply` feeds the
-readings to the sans-I/O :class:`ThermalPolicy` and :class:`DiskPolicy`; their changes become
-work limits (``ctx.limits``) and events with their reasons. A separate LED task sleeps until the
+disk in one worker-thread round (so neither a hung USB disk nor ``vcgencmd`` stalls the loop),
+then :meth:`apply` feeds the readings to the sans-I/O :class:`ThermalPolicy` and
+:class:`DiskPolicy`; their changes become work limits (``ctx.limits``) and events with their
+reasons. A separate LED task sleeps until the
 next edge of the current pattern (a steady pattern sleeps until something changes). SMART runs
 rarely, in the background, at idle I/O priority. Nothing is written to disk.
 """
@@ -94,7 +95,7 @@ class HwmonService:
         self._box: dict[str, bool] = {"booting": True, "network": True, "joined": True}
         self._identify_until = 0.0
         self._led_wake = asyncio.Event()
-        self._probe: asyncio.Future[DiskReading] | None = None
+        self._round: asyncio.Future[tuple[Readings, DiskReading]] | None = None
         self.disk_probe_timeout = DISK_PROBE_TIMEOUT
         self._smart_task: asyncio.Task[None] | None = None
         self._next_smart = clock() + SMART_FIRST_DELAY
@@ -203,26 +204,32 @@ class HwmonService:
 
     # -- polling -------------------------------------------------------------------------------
 
-    async def _probe_disk(self) -> DiskReading:
-        if self._probe is None:
+    def _read_round(self) -> tuple[Readings, DiskReading]:
+        return read_all(self.sensors), self.disk_probe.probe(self.data_disk, self.expected_mount)
+
+    async def _read(self) -> tuple[Readings, DiskReading]:
+        """Sensors and disk, read in a worker thread so that nothing blocks the event loop.
+
+        When the round takes longer than ``disk_probe_timeout`` (a hung USB disk), the disk
+        counts as missing and the temperature as unknown; the round is not started again
+        until the stuck one returns.
+        """
+        if self._round is None:
             loop = asyncio.get_running_loop()
-            self._probe = loop.run_in_executor(
-                None, self.disk_probe.probe, self.data_disk, self.expected_mount
-            )
-        done, _ = await asyncio.wait({self._probe}, timeout=self.disk_probe_timeout)
+            self._round = loop.run_in_executor(None, self._read_round)
+        done, _ = await asyncio.wait({self._round}, timeout=self.disk_probe_timeout)
         if not done:
-            return DiskReading(
-                str(self.data_disk),
-                False,
-                f"the data disk does not answer (blocked for over {self.disk_probe_timeout:g} s)",
+            why = f"blocked for over {self.disk_probe_timeout:g} s"
+            stuck = Finding("warn", "sensors", f"reading the sensors and the data disk {why}")
+            return Readings(findings=[stuck]), DiskReading(
+                str(self.data_disk), False, f"the data disk does not answer ({why})"
             )
-        fut, self._probe = self._probe, None
+        fut, self._round = self._round, None
         return fut.result()
 
     async def poll(self) -> None:
         """One round: read, decide, act."""
-        readings = read_all(self.sensors)
-        disk = await self._probe_disk()
+        readings, disk = await self._read()
         self.apply(readings, disk, self.clock())
         self._maybe_smart()
 
