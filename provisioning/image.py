@@ -148,8 +148,7 @@ def auto_wheelhouse(python_version: str, log: Progress) -> Path:
     if house.is_dir() and any(_WHEEL.match(p.name) for p in house.iterdir()):
         return house
     part = house.with_name(house.name + ".part")
-    shutil.rmtree(part, ignore_errors=True)
-    part.mkdir(parents=True)
+    part.mkdir(parents=True, exist_ok=True)  # pip skips files an earlier try downloaded
     reqs = [r for r in importlib.metadata.requires("bitchat-node") or [] if "extra ==" not in r]
     log(f"downloading {len(reqs)} dependencies for aarch64 / Python {python_version}")
     platforms = ["manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64"]
@@ -169,7 +168,30 @@ def auto_wheelhouse(python_version: str, log: Progress) -> Path:
     ]
     for plat in platforms:
         cmd += ["--platform", plat]
-    _run([*cmd, *reqs], {}, "pip download of the aarch64 wheelhouse")
+    for req in reqs:
+        try:
+            _run([*cmd, req], {}, f"pip download of {req} for aarch64")
+        except ImageError:
+            # No aarch64 wheel on the index: ship the sdist, built on first boot (needs a
+            # compiler on the image), and say so.
+            sdist = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary=:all:",
+                "-d",
+                str(part),
+                req,
+            ]
+            _run(sdist, {}, f"pip download of {req} (source)")
+            log(
+                f"warning: {req} has no aarch64 wheel; its source is in the wheelhouse and is "
+                "compiled on first boot (gcc and python3-dev needed on the image), or put a "
+                "prebuilt wheel in a wheelhouse directory"
+            )
     source = Path(__file__).resolve().parent.parent
     if not (source / "pyproject.toml").is_file():
         raise ImageError(
