@@ -26,6 +26,7 @@ import datetime
 import importlib.util
 import json
 import os
+import resource
 import socket
 import ssl
 import statistics
@@ -41,6 +42,7 @@ from typing import Any
 from lab import Lab, LinkSpec, Namespace
 from lab.netns import set_socket_congestion
 
+STARTED = time.monotonic()
 RATE_MBIT = 20.0
 PORT = 9100
 ECHO_PORT = 9199
@@ -302,7 +304,6 @@ def bitchat_idle_server(bind: str, count: int) -> dict[str, Any]:
 def bitchat_idle_clients(connect: str, count: int) -> dict[str, Any]:
     """``count`` sessions to ``connect``, each from its own identity, 50 per loopback address
     (127.0.0.2, .3, ...) to stay within per-address and per-identity session limits."""
-    import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 256)), hard))
@@ -378,6 +379,9 @@ def worker_main(argv: list[str]) -> int:
     except NotBuilt as exc:
         print(json.dumps({"error": f"n/a (transport not built: {exc})"}), flush=True)
         return 0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
+    result["wall_seconds"] = time.monotonic() - STARTED
     print(json.dumps(result), flush=True)
     return 0
 
@@ -437,6 +441,16 @@ def start_flow(top: Topology, peer: str, seconds: float) -> Flow:
 def finish_flow(flow: Flow, seconds: float) -> float | str:
     """Goodput in Mbit/s, or the reason there is none."""
     line = _await_line(flow.sink, seconds + 60)
+    source_line = _await_line(flow.source, 15)
+    if source_line == "ready":  # the sender's start line, not yet read
+        source_line = _await_line(flow.source, 15)
+    shares = []
+    for text in (line, source_line):
+        with contextlib.suppress(json.JSONDecodeError, KeyError, ZeroDivisionError):
+            usage = json.loads(text)
+            shares.append(f"{usage['cpu_seconds'] / usage['wall_seconds']:.0%}")
+    if len(shares) == 2:
+        WORKER_CPU.setdefault(flow.peer, []).append("/".join(shares))
     for proc in (flow.source, flow.sink):
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
@@ -504,6 +518,7 @@ def topology(spec: LinkSpec | None) -> Iterator[Topology]:
 
 
 EMULATOR_HEALTH: list[str] = []
+WORKER_CPU: dict[str, list[str]] = {}
 
 
 def goodput(spec: LinkSpec | None, peers: list[str], seconds: float) -> dict[str, Any]:
@@ -680,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)  # fmt: skip
 
     started = time.monotonic()
+    start_load = os.getloadavg()[0]
     if "loss" in wanted:
         for rtt, loss in ((50, 0.0), (50, 0.01), (50, 0.03), (200, 0.05)):
             spec = LinkSpec.bdp_queue(RATE_MBIT, rtt, loss=loss)
@@ -703,6 +719,16 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, peers)
     if EMULATOR_HEALTH:
         print("\nlink emulator (whole run of each condition): " + "; ".join(EMULATOR_HEALTH))
+    if WORKER_CPU:
+        print(
+            "CPU of receiver/sender processes (share of one core over their lifetime), per "
+            "cell in row order: "
+            + "; ".join(f"{TITLES[p]} {', '.join(v)}" for p, v in WORKER_CPU.items())
+        )
+    end_load = os.getloadavg()[0]
+    print(f"load average (1 min) at start {start_load:.1f}, at end {end_load:.1f}, "
+          f"on {os.cpu_count()} CPUs: userspace peers (aioquic, bitchat) slow down when the "
+          "machine is busy, kernel TCP much less")  # fmt: skip
     return 0
 
 
