@@ -49,6 +49,8 @@ ACTION_MAX_BODY = 4096
 MAX_STREAMS = 32
 MAX_EVENTS = 500
 SHUTDOWN_DELAY_S = 0.3
+LIVE_CONTRACTS = 20
+"""Contracts listed in the live feed's storage section (all are counted)."""
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -92,7 +94,7 @@ class WebState:
         async with self.snap_lock:
             now = time.monotonic()
             if self.snap is None or now - self.snap_at >= max_age:
-                self.snap = await providers.snapshot(ctx)
+                self.snap = await providers.snapshot(ctx, contracts=LIVE_CONTRACTS)
                 self.snap_at = now
             return self.snap
 
@@ -353,8 +355,12 @@ async def api_status(request: web.Request) -> web.Response:
 
 def _section_handler(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
-        parse_query(request, {})
-        return _json(await providers.section(request.app[CTX_KEY], name))
+        params = {"contracts": int_in(0, 100_000)} if name == "storage" else {}
+        q = parse_query(request, params)
+        doc = await providers.section(request.app[CTX_KEY], name)
+        if "contracts" in q:
+            doc = providers.trim_contracts(doc, q["contracts"])
+        return _json(doc)
 
     handler.__name__ = f"api_{name}"
     return handler

@@ -109,6 +109,8 @@ _SCHEMAS: dict[str, Any] = {
             "degraded": _BOOL,
             "degraded_reason": _NULLSTR,
             "bandwidth": _obj({"ingress_bytes": _INT, "egress_bytes": _INT}),
+            "contracts_total": _INT,
+            "contracts_by_state": {"type": "object", "additionalProperties": _INT},
         }
     ),
     "Network": _obj(
@@ -230,7 +232,16 @@ PATHS: dict[str, Any] = {
         }
     },
     "/api/storage": _get(
-        "Stored vs allocated, contracts, scores with thresholds, bandwidth.", _section("Storage")
+        "Stored vs allocated, contracts, scores with thresholds, bandwidth.",
+        _section("Storage"),
+        parameters=[
+            _qparam(
+                "contracts",
+                {"type": "integer", "minimum": 0, "maximum": 100000},
+                "List at most this many contracts, newest first, and add contracts_total "
+                "and contracts_by_state (counted over all).",
+            )
+        ],
     ),
     "/api/network": _get(
         "Peers and their paths, NAT and reachability, traffic.", _section("Network")

@@ -117,9 +117,36 @@ def status(ctx: AgentContext) -> dict[str, Any]:
     return out
 
 
-async def snapshot(ctx: AgentContext) -> dict[str, dict[str, Any]]:
-    """Every section at once: what the live feed pushes and /metrics exports."""
+def trim_contracts(doc: dict[str, Any], limit: int) -> dict[str, Any]:
+    """``doc`` (a storage section) with at most ``limit`` contracts listed, the newest first,
+    plus ``contracts_total`` and ``contracts_by_state`` counted over all of them."""
+    contracts = doc.get("contracts")
+    if not isinstance(contracts, list):
+        return doc
+    by_state: dict[str, int] = {}
+    for c in contracts:
+        state = str(c.get("state", "unknown")) if isinstance(c, dict) else "unknown"
+        by_state[state] = by_state.get(state, 0) + 1
+
+    def start(c: Any) -> float:
+        value = c.get("start") if isinstance(c, dict) else None
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    newest = sorted(contracts, key=start, reverse=True)[:limit]
+    return {
+        **doc,
+        "contracts": newest,
+        "contracts_total": len(contracts),
+        "contracts_by_state": dict(sorted(by_state.items())),
+    }
+
+
+async def snapshot(ctx: AgentContext, contracts: int | None = None) -> dict[str, dict[str, Any]]:
+    """Every section at once: what the live feed pushes (with ``contracts`` listed at most)
+    and /metrics exports."""
     out: dict[str, dict[str, Any]] = {"status": status(ctx)}
     for name in SECTIONS:
         out[name] = await section(ctx, name)
+    if contracts is not None:
+        out["storage"] = trim_contracts(out["storage"], contracts)
     return out

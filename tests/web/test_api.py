@@ -479,6 +479,11 @@ async def test_storage_figures_actions_and_export_with_the_real_service(
             f'bitchat_earnings{{currency="BCT",period="all_time"}} {earnings["all_time"]}'
             in metrics
         )
+
+        trimmed = await (await client.get("/api/storage?contracts=0")).json()
+        assert trimmed["contracts"] == [] and trimmed["contracts_total"] == 0
+        assert trimmed["contracts_by_state"] == {}
+        assert (await client.get("/api/storage?contracts=-1")).status == 400
     ctx.db.conn.close()
 
 
@@ -493,3 +498,19 @@ async def test_every_answer_has_the_security_headers(client: Client, path: str) 
         assert resp.headers["X-Frame-Options"] == "DENY"
         if path.startswith("/api/") or path == "/metrics":
             assert resp.headers["Cache-Control"] == "no-store"
+
+
+def test_trim_contracts_lists_the_newest_and_counts_all() -> None:
+    from node.web.providers import trim_contracts
+
+    contracts = [
+        {"id": str(i), "start": float(i), "state": "active" if i % 3 else "expired"}
+        for i in range(50)
+    ]
+    doc = trim_contracts({"available": True, "contracts": contracts, "chunks": 7}, 5)
+    assert [c["id"] for c in doc["contracts"]] == ["49", "48", "47", "46", "45"]
+    assert doc["contracts_total"] == 50
+    assert doc["contracts_by_state"] == {"active": 33, "expired": 17}
+    assert doc["chunks"] == 7
+    unavailable = {"available": False, "reason": "no storage figures"}
+    assert trim_contracts(unavailable, 5) == unavailable

@@ -142,12 +142,14 @@ const render = {
       t.classList.toggle("bad", below);
     }
     const contracts = Array.isArray(s.contracts) ? s.contracts : [];
-    put("contracts-count", contracts.length, `(${contracts.length})`);
+    const total = typeof s.contracts_total === "number" ? s.contracts_total : contracts.length;
+    const states = Object.entries(s.contracts_by_state || {}).map(([k, v]) => `${v} ${k}`).join(", ");
+    put("contracts-count", total, `(${total}${states ? `: ${states}` : ""})`);
     const rows = $("contracts-rows");
     rows.replaceChildren(...contracts.slice(0, 20).map((c) => row([
       String(c.id || "").slice(0, 12), String(c.client || "").slice(0, 12), fmtBytes(c.size),
       fmtMoney(c.price), fmtTime(c.end), text(c.state)])));
-    if (contracts.length > 20) rows.appendChild(row([`… and ${contracts.length - 20} more`], 6));
+    if (total > 20) rows.appendChild(row([`… and ${total - 20} more (newest shown)`], 6));
     if (!contracts.length) rows.appendChild(row(["no contracts yet"], 6));
   },
 
@@ -319,7 +321,8 @@ async function loadEvents(fresh) {
 }
 
 async function load() {
-  const docs = await Promise.all(SECTIONS.map((s) => getJson(`/api/${s}`).catch((e) => ({ available: false, reason: e.message }))));
+  const paths = { storage: "/api/storage?contracts=20" };
+  const docs = await Promise.all(SECTIONS.map((s) => getJson(paths[s] || `/api/${s}`).catch((e) => ({ available: false, reason: e.message }))));
   SECTIONS.forEach((s, i) => apply(s, docs[i]));
   await loadEvents(false);
   document.body.dataset.loaded = "1";
