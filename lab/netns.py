@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_POOL = ipaddress.IPv4Network("198.18.0.0/15")
+TUN_TXQUEUELEN = 10000
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
 _STALE_RE = re.compile(r"^bl(\d+)-\d+-")
 _lab_counter = 0
@@ -353,6 +354,10 @@ class Lab:
             emulator = self._start_emulator(a, dev_a, b, dev_b, ab, ba)
         for ns, dev, addr in ((a, dev_a, addr_a), (b, dev_b, addr_b)):
             ns.ip("addr", "add", f"{addr}/{plen}", "dev", dev)
+            if emulator is not None:
+                # Bursts must queue in the emulator (whose queue is the one being emulated),
+                # not be dropped by the TUN device's own short queue before it.
+                ns.ip("link", "set", dev, "txqueuelen", str(TUN_TXQUEUELEN))
             ns.ip("link", "set", dev, "up")
             ns.addresses.append(addr)
         link = Link(a, b, dev_a, dev_b, addr_a, addr_b, emulator)
