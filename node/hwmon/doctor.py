@@ -75,10 +75,14 @@ def check_identity(box: Box) -> Iterator[Finding]:
     key = d / identity.KEY_FILE
     try:
         ident = identity.load(key, check_mode=False)
+        kmode = stat.S_IMODE(key.stat().st_mode)
     except NodeError as exc:
         yield Finding("fail", "identity", str(exc), "restore identity.key from a backup, or init")
         return
-    kmode = stat.S_IMODE(key.stat().st_mode)
+    except OSError as exc:
+        yield Finding("fail", "identity", f"cannot read {key}: {exc.strerror}",
+                      "run doctor as the agent's user or as root")  # fmt: skip
+        return
     if kmode & 0o077:
         yield Finding("fail", "identity", f"{key} is readable by others (mode {kmode:o})",
                       f"chmod 600 {key}")  # fmt: skip
