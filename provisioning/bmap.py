@@ -73,6 +73,13 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
 
 def create(image: Path, block_size: int = BLOCK_SIZE) -> BlockMap:
     """Map the blocks of ``image`` that hold data, with a checksum per range."""
+    return create_with_digest(image, block_size)[0]
+
+
+def create_with_digest(image: Path, block_size: int = BLOCK_SIZE) -> tuple[BlockMap, str]:
+    """The block map and the SHA-256 of the whole image, in one read of its data."""
+    whole = hashlib.sha256()
+    zeros = bytes(4 << 20)
     with image.open("rb") as fh:
         fd = fh.fileno()
         size = os.fstat(fd).st_size
@@ -84,7 +91,13 @@ def create(image: Path, block_size: int = BLOCK_SIZE) -> BlockMap:
             else:
                 blocks.append((first, last))
         ranges = []
+        pos = 0
         for first, last in blocks:
+            gap = first * block_size - pos
+            while gap:  # holes read as zeros
+                n = min(gap, len(zeros))
+                whole.update(zeros[:n])
+                gap -= n
             digest = hashlib.sha256()
             fh.seek(first * block_size)
             left = min((last + 1) * block_size, size) - first * block_size
@@ -93,9 +106,16 @@ def create(image: Path, block_size: int = BLOCK_SIZE) -> BlockMap:
                 if not data:
                     raise BmapError(f"{image} shrank while it was being mapped")
                 digest.update(data)
+                whole.update(data)
                 left -= len(data)
+            pos = min((last + 1) * block_size, size)
             ranges.append(Range(first, last, digest.hexdigest()))
-    return BlockMap(size, block_size, tuple(ranges))
+        gap = size - pos
+        while gap:
+            n = min(gap, len(zeros))
+            whole.update(zeros[:n])
+            gap -= n
+    return BlockMap(size, block_size, tuple(ranges)), whole.hexdigest()
 
 
 def render(bmap: BlockMap) -> str:

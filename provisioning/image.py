@@ -187,6 +187,8 @@ def auto_wheelhouse(python_version: str, log: Progress) -> Path:
                 req,
             ]
             _run(sdist, {}, f"pip download of {req} (source)")
+            # pip builds it offline in an isolated environment: that needs these wheels too.
+            _run([*cmd, "setuptools>=68", "wheel"], {}, "pip download of the build tools")
             log(
                 f"warning: {req} has no aarch64 wheel; its source is in the wheelhouse and is "
                 "compiled on first boot (gcc and python3-dev needed on the image), or put a "
@@ -658,8 +660,7 @@ def build(
         script = debugfs_script(files, staging, ROOT_SYMLINKS, {recipe.data_dir}, existing)
         run_debugfs(part, root.offset, script, staging, epoch)
     log("hashing and mapping")
-    digest = sha256_file(part)
-    block_map = bmapmod.create(part)
+    block_map, digest = bmapmod.create_with_digest(part)
     bmap_path = out.with_name(out.name + ".bmap")
     bmap_path.write_text(bmapmod.render(block_map))
     out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def test_create_maps_only_data_and_round_trips(tmp_path: Path) -> None:
     text = bmap.render(made)
     assert bmap.parse(text.encode()) == made
     assert "<BmapFileChecksum>" in text
+    assert bmap.create_with_digest(img)[1] == hashlib.sha256(img.read_bytes()).hexdigest()
 
 
 def test_altered_file_is_caught(tmp_path: Path) -> None:
