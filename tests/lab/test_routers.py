@@ -169,10 +169,11 @@ def test_ruleset_rejects_bad_loss() -> None:
 # -- miniupnpd -----------------------------------------------------------------------------
 
 
-def natpmp(sock: socket.socket, gateway: str, request: bytes) -> bytes:
+def port_control(sock: socket.socket, gateway: str, request: bytes) -> bytes:
+    """Send a NAT-PMP or PCP request to the gateway's port 5351; return its answer."""
     sock.sendto(request, (gateway, 5351))
     data = received(sock, 2)
-    assert data is not None, "no NAT-PMP answer from miniupnpd"
+    assert data is not None, "no NAT-PMP/PCP answer from miniupnpd"
     return data
 
 
@@ -187,7 +188,7 @@ def test_miniupnpd_maps_a_port_by_natpmp() -> None:
         service.bind(("0.0.0.0", 40000))
         control = host.socket()
         # Public address request (RFC 6886 section 3.2).
-        reply = natpmp(control, router.lan_gateway, struct.pack("!BB", 0, 0))
+        reply = port_control(control, router.lan_gateway, struct.pack("!BB", 0, 0))
         version, op, result, _epoch, ext = struct.unpack("!BBHI4s", reply)
         assert (version, op, result) == (0, 128, 0)
         assert socket.inet_ntoa(ext) == router.wan_addr
@@ -199,7 +200,7 @@ def test_miniupnpd_maps_a_port_by_natpmp() -> None:
         # UDP mapping 41000 -> 40000 for 600 s (RFC 6886 section 3.3).
         request = struct.pack("!BBHHHI", 0, 1, 0, 40000, 41000, 600)
         _, op, result, _, internal, external, lifetime = struct.unpack(
-            "!BBHIHHI", natpmp(control, router.lan_gateway, request)
+            "!BBHIHHI", port_control(control, router.lan_gateway, request)
         )
         assert (op, result, internal, external) == (129, 0, 40000, 41000)
         assert 0 < lifetime <= 600
@@ -209,7 +210,7 @@ def test_miniupnpd_maps_a_port_by_natpmp() -> None:
 
         # Lifetime 0 deletes the mapping.
         request = struct.pack("!BBHHHI", 0, 1, 0, 40000, 0, 0)
-        assert struct.unpack("!BBH", natpmp(control, router.lan_gateway, request)[:4])[2] == 0
+        assert struct.unpack("!BBH", port_control(control, router.lan_gateway, request)[:4])[2] == 0
         router.flush_conntrack()
         outsider.socket().sendto(b"after", (router.wan_addr, 41000))
         assert received(service) is None
@@ -272,3 +273,29 @@ def test_miniupnpd_answers_ssdp_and_maps_a_port_by_upnp_igd() -> None:
         service_sock.bind(("0.0.0.0", 40001))
         outsider.socket().sendto(b"via igd", (router.wan_addr, 42000))
         assert received(service_sock) == b"via igd"
+
+
+def test_miniupnpd_maps_a_port_by_pcp() -> None:
+    require_lab()
+    require_binary("miniupnpd", "miniupnpd-nftables")
+    with Lab() as lab:
+        router = lab.router("home", "restricted-cone", upnp=True)
+        host = router.host("h")
+        outsider = lab.public_host("outsider")
+        service = host.socket()
+        service.bind(("0.0.0.0", 40002))
+        control = host.socket()
+        mapped_client = b"\0" * 10 + b"\xff\xff" + socket.inet_aton(host.addr)
+        nonce = bytes(range(12))
+        # RFC 6887 section 7.1 request header, section 11.1 MAP opcode (UDP = 17).
+        request = struct.pack("!BBHI16s", 2, 1, 0, 600, mapped_client)
+        request += struct.pack("!12sB3xHH16s", nonce, 17, 40002, 43000, bytes(16))
+        reply = port_control(control, router.lan_gateway, request)
+        version, op, result, lifetime = struct.unpack_from("!BBxBI", reply)
+        assert (version, op, result) == (2, 0x81, 0)
+        assert 0 < lifetime <= 600
+        got_nonce, proto, internal, external, ext_ip = struct.unpack_from("!12sB3xHH16s", reply, 24)
+        assert (got_nonce, proto, internal) == (nonce, 17, 40002)
+        assert socket.inet_ntoa(ext_ip[12:]) == router.wan_addr
+        outsider.socket().sendto(b"via pcp", (router.wan_addr, external))
+        assert received(service) == b"via pcp"
