@@ -237,6 +237,12 @@ class EndpointCore:
             ev = conn.events.popleft()
             if isinstance(ev, HandshakeCompleted):
                 self._initials.pop((conn.remote_address, conn.remote_cid), None)
+                if conn.peer_public_key == self.public_key:
+                    # this node reached itself (its own address among a peer's, a loop)
+                    self.counters["refused_self"] += 1
+                    conn.close(INTERNAL_ERROR, "connected to itself", now=now)
+                    self._dirty[conn.local_cid] = conn
+                    continue
                 peer = conn.peer_id
                 same = sum(1 for c in self.connections.values() if c.peer_id == peer)
                 if same > self.max_sessions_per_peer:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from node import log
 from node.config import parse_hostport
 from node.errors import NodeError
+from node.identity import encode_id
 from node.transport.connection import TransportConfig
 from node.transport.endpoint import Connection, Endpoint
 
@@ -99,7 +100,7 @@ class TransportService:
             addr = conn.remote_address
             peers.append(
                 {
-                    "node_id": conn.peer_id.hex(),
+                    "node_id": encode_id(conn.peer_id),
                     "address": f"{addr[0]}:{addr[1]}",
                     "path": self._path_of(conn),
                     "rtt_ms": round(rtt * 1000, 2) if rtt is not None else None,

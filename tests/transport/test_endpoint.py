@@ -157,3 +157,11 @@ async def test_close_is_seen_by_peer(pair: tuple[Endpoint, Endpoint]) -> None:
     await asyncio.wait_for(peer.wait_closed(), 5)
     assert peer.close_reason == "bye"
     assert list(b.connections) == []
+
+
+async def test_connecting_to_itself_is_refused(pair: tuple[Endpoint, Endpoint]) -> None:
+    a, _ = pair
+    with pytest.raises(TransportError, match="itself"):
+        await a.connect(a.local_address, timeout=3)
+    assert a.core.counters["refused_self"] == 2  # both ends of the loop refuse
+    assert list(a.connections) == []
