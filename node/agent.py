@@ -136,14 +136,18 @@ ServiceFactory = Callable[[AgentContext], Service]
 def build_services(ctx: AgentContext) -> list[Service]:
     """Every service of the agent, in start order."""
     from node.hwmon.service import HwmonService
+    from node.overlay.service import OverlayService
     from node.relays.service import RelaysService
     from node.storage_agent.service import StorageService
+    from node.transport.nat.service import NatService
     from node.transport.service import TransportService
     from node.web.app import WebService
 
     return [
         HwmonService(ctx),
         TransportService(ctx),
+        NatService(ctx),
+        OverlayService(ctx),
         StorageService(ctx),
         RelaysService(ctx),
         WebService(ctx),

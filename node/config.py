@@ -106,6 +106,61 @@ class NetworkSection:
 
 
 @dataclass(frozen=True)
+class NatSection:
+    """NAT traversal: STUN, router port mapping, hole punching, relaying."""
+
+    stun_servers: tuple[str, ...] = setting(
+        (),
+        "STUN servers (HOST:PORT) used to learn the public address and NAT class; one with "
+        "RFC 5780 support, or two; empty: the bootstrap peers (every node serves STUN).",
+        kind="hostport",
+    )
+    stun_server: bool = setting(True, "Answer STUN binding requests on the node's UDP port.")
+    port_mapping: bool = setting(
+        True, "Ask the home router for a port mapping (PCP, NAT-PMP, then UPnP-IGD)."
+    )
+    mapping_lifetime_s: int = setting(
+        3600, "Lifetime requested for router port mappings (renewed at half).", min=120, max=86400
+    )
+    offer_relay: bool = setting(
+        True, "Relay for peers that cannot reach each other directly (when reachable)."
+    )
+    relay_max_connections: int = setting(64, "Most connections relayed at once.", min=0, max=4096)
+    relay_max_bytes: int = setting(
+        256 << 20, "Most bytes relayed per connection.", min=0, max=1 << 40
+    )
+    relay_max_seconds: int = setting(
+        3600, "Longest time a relayed connection lasts.", min=10, max=86400
+    )
+    rediscover_s: float = setting(
+        1800.0, "Seconds between NAT behaviour re-checks.", min=30, max=86400
+    )
+
+
+@dataclass(frozen=True)
+class OverlaySection:
+    """The Kademlia DHT."""
+
+    k: int = setting(20, "Bucket size and replication factor (Kademlia k).", min=2, max=64)
+    alpha: int = setting(3, "Parallel requests per lookup (Kademlia alpha).", min=1, max=16)
+    rpc_timeout_s: float = setting(
+        5.0, "Seconds before a DHT request counts as lost.", min=0.2, max=60
+    )
+    record_lifetime_s: int = setting(
+        24 * 3600, "Lifetime of this node's signed record.", min=600, max=30 * 86400
+    )
+    provider_ttl_s: int = setting(
+        24 * 3600, "How long provider records are kept.", min=600, max=30 * 86400
+    )
+    republish_s: int = setting(
+        12 * 3600, "How often this node re-announces what it provides.", min=300, max=30 * 86400
+    )
+    refresh_s: int = setting(
+        3600, "Buckets idle this long are refreshed with a lookup.", min=60, max=86400
+    )
+
+
+@dataclass(frozen=True)
 class WebSection:
     """The local dashboard and its JSON API."""
 
@@ -277,6 +332,8 @@ class Config:
     storage: StorageSection = field(default_factory=StorageSection)
     relays: RelaysSection = field(default_factory=RelaysSection)
     hwmon: HwmonSection = field(default_factory=HwmonSection)
+    nat: NatSection = field(default_factory=NatSection)
+    overlay: OverlaySection = field(default_factory=OverlaySection)
 
 
 def _section_types() -> dict[str, type[Any]]:

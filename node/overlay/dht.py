@@ -197,6 +197,26 @@ class Kademlia:
         if self._valid(record, now):
             self._seen(record, now)
 
+    def bootstrap_request(self) -> bytes:
+        """A PING for a peer known only by address; its PONG goes to bootstrap_response."""
+        return wire.encode(Message(MsgType.PING, self.rng.getrandbits(64), sender=self.record))
+
+    def bootstrap_response(self, src_id: bytes, data: bytes, now: float) -> NodeRecord | None:
+        """Take the record from a bootstrap peer's PONG; None unless it is really ``src_id``'s."""
+        try:
+            msg = wire.decode(data)
+        except WireError:
+            self.counters["bad_messages"] += 1
+            return None
+        rec = msg.sender
+        if msg.type != MsgType.PONG or rec is None or rec.node_id != src_id:
+            self.counters["rejected"] += 1
+            return None
+        if not self._valid(rec, now):
+            return None
+        self._seen(rec, now)
+        return rec
+
     def _seen(self, record: NodeRecord, now: float) -> None:
         oldest = self.table.seen(record, now)
         if oldest is not None and now - oldest.pinged_at > self.rpc_timeout:
@@ -225,7 +245,7 @@ class Kademlia:
             return None
         self._seen(sender, now)
         if msg.type == MsgType.PING:
-            return wire.encode(Message(MsgType.PONG, msg.request_id))
+            return wire.encode(Message(MsgType.PONG, msg.request_id, sender=self.record))
         if msg.type == MsgType.FIND_NODE:
             nodes = self.table.closest(msg.key, self.k, exclude=src_id)
             return wire.encode(Message(MsgType.NODES, msg.request_id, nodes=nodes))
@@ -295,6 +315,9 @@ class Kademlia:
             self._fail(request_id, now)
             return
         del self._pending[request_id]
+        fresh = msg.sender
+        if fresh is not None and fresh.node_id == src_id and self._valid(fresh, now):
+            pending.dest = fresh
         self._seen(pending.dest, now)
         if pending.lookup_id is not None:
             lookup = self._lookups.get(pending.lookup_id)

@@ -44,7 +44,7 @@ class Message:
     key: bytes = b""
     """Target id of FIND_NODE, chunk id of GET_PROVIDERS / ADD_PROVIDER."""
     sender: NodeRecord | None = None
-    """The requester's own record (requests only)."""
+    """The sender's own record (requests, and PONG so a ping learns the peer's record)."""
     nodes: list[NodeRecord] = field(default_factory=list)
     """Closest nodes known to the answerer (NODES, PROVIDERS)."""
     providers: list[NodeRecord] = field(default_factory=list)
@@ -71,9 +71,9 @@ def encode(msg: Message) -> bytes:
         if len(msg.key) != KEY_LEN:
             raise ValueError(f"{msg.type.name} needs a {KEY_LEN}-byte key")
         out.append(msg.key)
-    if msg.is_request:
+    if msg.is_request or msg.type == MsgType.PONG:
         if msg.sender is None:
-            raise ValueError("requests carry the sender's record")
+            raise ValueError("requests and PONG carry the sender's record")
         raw = msg.sender.encode()
         out.append(struct.pack("!H", len(raw)) + raw)
     if msg.type in (MsgType.NODES, MsgType.PROVIDERS):
@@ -129,7 +129,7 @@ def decode(data: bytes) -> Message:
         if len(msg.key) != KEY_LEN:
             raise WireError(f"{mtype.name} truncated in its key")
         pos += KEY_LEN
-    if msg.is_request:
+    if msg.is_request or mtype == MsgType.PONG:
         msg.sender, pos = _read_record(data, pos)
     if mtype in (MsgType.NODES, MsgType.PROVIDERS):
         msg.nodes, pos = _read_records(data, pos)

@@ -108,8 +108,8 @@ def test_full_bucket_keeps_live_old_contacts() -> None:
     assert core.table.get(new.node_id) is None
     [ping] = core.requests_to_send()  # the least recently seen contact is checked
     assert ping.dest == old1
-    core.handle_response(ping.request_id, old1.node_id, wire.encode(
-        Message(MsgType.PONG, ping.request_id)), now=10.5)  # fmt: skip
+    pong = Message(MsgType.PONG, ping.request_id, sender=old1)
+    core.handle_response(ping.request_id, old1.node_id, wire.encode(pong), now=10.5)
     assert core.table.get(old1.node_id) is not None and core.table.get(new.node_id) is None
     # when an old contact stops answering, the waiting newcomer takes its place
     core.handle_request(new.node_id, ping_from(new), now=20.0)

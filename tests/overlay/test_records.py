@@ -53,7 +53,7 @@ def test_expired_record_rejected() -> None:
     "msg",
     [
         Message(MsgType.PING, 1, sender=RECORD),
-        Message(MsgType.PONG, 1),
+        Message(MsgType.PONG, 1, sender=RECORD),
         Message(MsgType.FIND_NODE, 2**64 - 1, key=bytes(32), sender=RECORD),
         Message(MsgType.NODES, 5, nodes=[RECORD] * 20),
         Message(MsgType.GET_PROVIDERS, 6, key=b"k" * 32, sender=RECORD),
@@ -76,7 +76,7 @@ def test_message_round_trip(msg: Message) -> None:
         (b"\x01\x63" + bytes(8), "unknown"),
         (b"\x01\x03" + bytes(8) + bytes(5), "key"),
         (b"\x01\x04" + bytes(8) + b"\x15", "21 records"),
-        (wire.encode(Message(MsgType.PONG, 1)) + b"x", "trailing"),
+        (wire.encode(Message(MsgType.PONG, 1, sender=RECORD)) + b"x", "trailing"),
         (wire.encode(Message(MsgType.NODES, 1, nodes=[RECORD]))[:-3], "truncated|past"),
     ],
 )

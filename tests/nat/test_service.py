@@ -1,0 +1,72 @@
+"""The nat service on real transport endpoints: STUN on the node's port, discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from node import config, state
+from node.agent import AgentContext
+from node.events import EventLog
+from node.identity import Identity
+from node.transport.nat.service import NatService
+from node.transport.service import TransportService
+from tests.support import require_binary
+
+
+async def _node(tmp: Path, name: str, stun_servers: list[str]) -> AgentContext:
+    cfg = config.override(config.Config(), "network", listen="127.0.0.1:0")
+    cfg = config.override(cfg, "nat", stun_servers=stun_servers, port_mapping=False)
+    data = tmp / name
+    data.mkdir()
+    ctx = AgentContext(
+        data, cfg, Identity.generate(), state.open_state(data / "state.db"), EventLog()
+    )
+    transport = TransportService(ctx)
+    ctx.services["transport"] = transport
+    await transport.start()
+    nat = NatService(ctx)
+    ctx.services["nat"] = nat
+    await nat.start()
+    return ctx
+
+
+def nat(ctx: AgentContext) -> NatService:
+    svc = ctx.services["nat"]
+    assert isinstance(svc, NatService)
+    return svc
+
+
+async def test_discovery_through_two_nodes_stun_servers(tmp_path: Path) -> None:
+    a = await _node(tmp_path, "a", [])
+    b = await _node(tmp_path, "b", [])
+    c = await _node(tmp_path, "c", [a.urls["listen"], b.urls["listen"]])
+    try:
+        report = await nat(c).check()
+        assert report is not None
+        assert report.nat_class.value == "public"
+        assert report.public_address == ("127.0.0.1", int(c.urls["listen"].split(":")[1]))
+        info = nat(c).nat_info()
+        assert info["class"] == "public" and info["public_address"] == c.urls["listen"]
+        served = nat(a).status()["stun_server"]
+        assert served["answered"] >= 1
+    finally:
+        for ctx in (a, b, c):
+            await ctx.services["transport"].endpoint.close()  # type: ignore[attr-defined]
+
+
+async def test_standard_stun_client_learns_address_from_node_port(tmp_path: Path) -> None:
+    binary = require_binary("turnutils_stunclient", "coturn")
+    a = await _node(tmp_path, "a", [])
+    port = a.urls["listen"].split(":")[1]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-p", port, "-L", "127.0.0.5", "127.0.0.1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await a.services["transport"].endpoint.close()  # type: ignore[attr-defined]
+    text = out.decode(errors="replace")
+    assert re.search(r"UDP reflexive addr: 127\.0\.0\.5:\d+", text), text
