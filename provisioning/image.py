@@ -201,22 +201,28 @@ def auto_wheelhouse(python_version: str, log: Progress) -> Path:
             "set agent.wheelhouse to a directory holding bitchat_node-*.whl"
         )
     log("building the bitchat-node wheel")
-    _run(
-        [
+    with tempfile.TemporaryDirectory(prefix="bitchat-wheel-") as tmp:
+        # Build from a snapshot so a concurrent build/ or egg-info in the checkout cannot race.
+        snap = Path(tmp) / "src"
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info")
+        snap.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            if (source / name).exists():
+                shutil.copy2(source / name, snap / name)
+        for pkg in ("node", "provisioning"):
+            shutil.copytree(source / pkg, snap / pkg, ignore=ignore)
+        cmd = [
             sys.executable,
             "-m",
             "pip",
             "wheel",
             "--quiet",
             "--no-deps",
-            "--no-build-isolation",
             "-w",
             str(part),
-            str(source),
-        ],
-        {"SOURCE_DATE_EPOCH": str(source_date_epoch())},
-        "building the bitchat-node wheel",
-    )
+            str(snap),
+        ]
+        _run(cmd, {"SOURCE_DATE_EPOCH": str(source_date_epoch())}, "building the wheel")
     part.rename(house)
     return house
 
