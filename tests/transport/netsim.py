@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from dataclasses import dataclass, field
@@ -57,7 +58,11 @@ class FakeNetwork:
         self.endpoints[addr] = ep
 
     def link(self, src: Address, dst: Address) -> Link:
-        return self.links.get((src, dst), self.default)
+        """The link of one direction (its own queue; the default's settings)."""
+        link = self.links.get((src, dst))
+        if link is None:
+            link = self.links[(src, dst)] = dataclasses.replace(self.default, _queued=[])
+        return link
 
     def send(self, data: bytes, src: Address, dst: Address) -> None:
         link = self.link(src, dst)

@@ -39,12 +39,12 @@ BETA = 0.2  # queued fraction of the bdp above which the window is cut to the bd
 LOSS_SAMPLE_ACKS = 100  # ACKs per loss-rate estimate
 BW_FILTER = 0.25  # weight of a new bandwidth sample (Westwood+ low-pass filter)
 BW_WINDOW = 10  # samples (about one per round trip) the bandwidth maximum is taken over
-MIN_RTT_ROUNDS = 30  # rounds the base RTT is the minimum over
+MIN_RTT_WINDOW = 30.0  # seconds the base RTT is the minimum over
 ROUND_RTT_QUANTILE = 0.2  # which sample of a round stands for its RTT
 MAX_ROUND_SAMPLES = 512
 SATURATION_ROUNDS = 4  # rounds held in saturation before probing again
 PACING_GAIN_STARTUP = 2.0
-PACING_GAIN = 1.05
+PACING_GAIN = 1.2
 QUIET_ROUNDS = 2  # rounds without a queue before probing speeds up
 PROBE_BOOST = 8  # ... to this fraction of the window per round
 BURST_LOSS_MARGIN = 0.05  # a round's loss rate this far above the usual one is congestion
@@ -75,7 +75,7 @@ class Tolerant(CongestionControl):
         # round state
         self._round_start = -1.0
         self._round_samples: list[float] = []
-        self._round_rtts: deque[float] = deque(maxlen=MIN_RTT_ROUNDS)
+        self._round_rtts: deque[tuple[float, float]] = deque()
         self._round_acked = 0
         self._round_lost = 0
         self._rounds_saturated = 0
@@ -172,9 +172,16 @@ class Tolerant(CongestionControl):
         # (scheduling noise on either host) move neither it nor the base RTT
         rtt = samples[int(len(samples) * ROUND_RTT_QUANTILE)] if samples else 0.0
         if rtt > 0:
-            # base RTT: the smallest round RTT of the last MIN_RTT_ROUNDS rounds
-            self._round_rtts.append(rtt)
-            self.min_rtt = min(self._round_rtts)
+            # base RTT: the smallest round RTT of the last MIN_RTT_WINDOW seconds
+            # (a monotonic deque: older values no smaller than a newer one can never be
+            # the minimum again)
+            rtts = self._round_rtts
+            while rtts and rtts[-1][1] >= rtt:
+                rtts.pop()
+            rtts.append((now, rtt))
+            while now - rtts[0][0] > MIN_RTT_WINDOW:
+                rtts.popleft()
+            self.min_rtt = rtts[0][1]
             self.diff = self.congestion_window * (1.0 - self.min_rtt / rtt)
         bdp = self.bdp
         high = False
