@@ -71,7 +71,7 @@ K_MAX_BACKOFF = 6
 K_ALPHA = 1 / 8  # RFC 6298 section 2.3
 K_BETA = 1 / 4
 K_MAX_DATAGRAMS_QUEUED = 64
-K_LOST_MEMORY = 1024  # packets remembered after being declared lost (late ACKs)
+K_LOST_MEMORY = 256  # packets remembered after being declared lost (late ACKs)
 K_MAX_ACK_DELAY_CC = 1.0  # largest reported ACK delay taken off a congestion-control sample
 K_PACING_TICK = 0.0002  # shortest pacing wait, seconds
 K_PACING_BURST = 8  # datagrams that may leave back to back
@@ -145,6 +145,16 @@ def check_identity(payload: bytes, remote_static: bytes | None) -> tuple[bytes, 
     if derived != remote_static:
         raise HandshakeError("Ed25519 key in the handshake does not match the Noise static key")
     return pk, PeerParams.decode(payload[32:48])
+
+
+def _covered(pn: int, ranges: tuple[tuple[int, int], ...]) -> bool:
+    """Whether ``pn`` is in one of the descending inclusive ACK ranges."""
+    for lo, hi in ranges:
+        if pn > hi:
+            return False
+        if pn >= lo:
+            return True
+    return False
 
 
 class State(Enum):
@@ -353,6 +363,7 @@ class ConnectionCore:
         self.state = State.HANDSHAKE
         self.created = now
         self.peer_public_key: bytes | None = None
+        self._peer_id: bytes | None = None
         self.expected_peer_key = peer_public_key
         self.pattern = (
             wire.HandshakePattern.IK
@@ -472,7 +483,7 @@ class ConnectionCore:
 
     @property
     def peer_id(self) -> bytes | None:
-        return node_id_of(self.peer_public_key) if self.peer_public_key else None
+        return self._peer_id
 
     @property
     def is_established(self) -> bool:
@@ -542,6 +553,7 @@ class ConnectionCore:
         if self.expected_peer_key is not None and public_key != self.expected_peer_key:
             raise HandshakeError("peer presented a different identity than expected")
         self.peer_public_key = public_key
+        self._peer_id = node_id_of(public_key)
         self._peer_params = params
         self._peer_max_data = params.max_data
         self._peer_max_streams = params.max_streams
@@ -1003,14 +1015,15 @@ class ConnectionCore:
         newest_sent = float("-inf")
         largest_newly: SentPacket | None = None
         first_pn = next(iter(sent)) if sent else None
+        if lost:
+            # packets declared lost that arrived after all: their data needs no resend
+            for pn in [p for p in lost if _covered(p, ack.ranges)]:
+                for sid, off, ln, fin in lost.pop(pn):
+                    s = self._send_streams.get(sid)
+                    if s is not None:
+                        s.on_ack(off, ln, fin)
+                        self._maybe_forget(sid)
         for lo, hi in ack.ranges:
-            if lost and hi >= next(iter(lost)):
-                for pn in [p for p in lost if lo <= p <= hi]:
-                    for sid, off, ln, fin in lost.pop(pn):
-                        s = self._send_streams.get(sid)
-                        if s is not None:
-                            s.on_ack(off, ln, fin)
-                            self._maybe_forget(sid)
             if first_pn is None or hi < first_pn:
                 continue
             lo = max(lo, first_pn)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from node import log
-from node.identity import Identity, node_id_of
+from node.identity import Identity
 from node.transport.connection import (
     APPLICATION_CLOSED,
     NO_ERROR,
@@ -230,7 +230,10 @@ class Connection:
 
     @property
     def peer_id(self) -> bytes:
-        return node_id_of(self.peer_public_key)
+        pid = self._core.peer_id
+        if pid is None:
+            raise TransportError("connection has no authenticated peer yet")
+        return pid
 
     @property
     def remote_address(self) -> Address:
