@@ -108,7 +108,7 @@ def bench_flash(work: Path, mib: int) -> None:
             fh.write(os.urandom(1 << 20))
     dest = work / "card.img"
     dd_times, write_times, verify_times, total_times = [], [], [], []
-    for _ in range(3):
+    for _ in range(5):
         dest.unlink(missing_ok=True)
         _drop_caches()
         t0 = time.perf_counter()

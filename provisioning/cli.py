@@ -135,7 +135,8 @@ def flash(image_path: Path, device: Path, yes: bool, force_non_removable: bool) 
         f"{' (block map)' if result.bmap_used else ''} in {result.write_seconds:.1f} s "
         f"({rate:.0f} MB/s)"
     )
-    click.echo(f"  read back and verified in {result.verify_seconds:.1f} s, sha256 {result.sha256}")
+    how = f", sha256 {result.sha256}" if result.sha256 else ", identical to the image"
+    click.echo(f"  read back and verified in {result.verify_seconds:.1f} s{how}")
 
 
 def fleet_options(func: Callable[..., Any]) -> Callable[..., Any]:

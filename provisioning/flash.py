@@ -49,8 +49,8 @@ class FlashResult:
     target: Target
     image_size: int
     written: int
-    sha256: str
-    """SHA-256 of the uncompressed image as written."""
+    sha256: str | None
+    """SHA-256 of the uncompressed image, when it was computed (compressed or .sha256)."""
     bmap_used: bool
     check_seconds: float
     write_seconds: float
@@ -328,9 +328,15 @@ def _write(
     size: int,
     block_map: bmapmod.BlockMap | None,
     progress: Progress | None,
-) -> tuple[str, int]:
-    """Stream the image into ``fd``; (sha256 of the image, bytes written)."""
-    hasher = _Hasher(image, block_map)
+    hash_stream: bool,
+) -> tuple[str | None, int]:
+    """Stream the image into ``fd``; (sha256 of the image if hashed, bytes written).
+
+    A raw image is copied as dd would, without hashing: it is verified against itself (or
+    its block map) after the read-back. A compressed stream cannot be re-read cheaply, so it
+    is hashed on a worker thread while it is written.
+    """
+    hasher = _Hasher(image, block_map) if hash_stream else None
     spans = [block_map.byte_span(r) for r in block_map.ranges] if block_map else []
     span_i = 0
     pos = 0
@@ -341,7 +347,8 @@ def _write(
             end = pos + len(chunk)
             if end > size:
                 raise FlashError(f"{image} is larger than the {size} bytes it claims")
-            pending.append(pool.submit(hasher.feed, chunk, pos))
+            if hasher is not None:
+                pending.append(pool.submit(hasher.feed, chunk, pos))
             while len(pending) > 4 or (pending and pending[0].done()):
                 pending.popleft().result()  # bounds memory; raises a mismatch early
             view = memoryview(chunk)
@@ -370,45 +377,76 @@ def _write(
         os.fsync(fd)
     except OSError as exc:
         raise FlashError(f"flushing {target.path} failed: {exc.strerror}") from exc
-    return hasher.digest.hexdigest(), written
+    return (hasher.digest.hexdigest() if hasher else None), written
+
+
+def _sha256_range(fd: int, start: int, length: int, what: Path) -> str:
+    digest = hashlib.sha256()
+    off = start
+    while off < start + length:
+        data = os.pread(fd, min(4 << 20, start + length - off), off)
+        if not data:
+            raise FlashError(f"{what} ends at byte {off}: it is shorter than the image")
+        digest.update(data)
+        off += len(data)
+    return digest.hexdigest()
 
 
 def _verify(
     target: Target,
+    image: Path,
     size: int,
-    sha256: str,
+    sha256: str | None,
     block_map: bmapmod.BlockMap | None,
     progress: Progress | None,
 ) -> None:
+    """Read the device back (page cache dropped) and compare it with the image."""
+    raw = compress.detect(image) == "raw"
     fd = os.open(target.path, os.O_RDONLY | os.O_CLOEXEC)
+    img_fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC) if raw else -1
     try:
         # The written pages are clean after fsync: drop them so reads come from the medium.
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        spans = (
-            [(*block_map.byte_span(r), r.sha256) for r in block_map.ranges]
-            if block_map
-            else [(0, size, sha256)]
-        )
-        done = 0
-        for start, length, want in spans:
-            digest = hashlib.sha256()
-            off = start
-            while off < start + length:
-                data = os.pread(fd, min(4 << 20, start + length - off), off)
-                if not data:
-                    raise FlashError(f"{target.path} ends at byte {off}: short device")
-                digest.update(data)
-                off += len(data)
-                done += len(data)
+        if block_map is not None or sha256 is not None:
+            spans = (
+                [(*block_map.byte_span(r), r.sha256) for r in block_map.ranges]
+                if block_map
+                else [(0, size, sha256 or "")]
+            )
+            total = sum(s[1] for s in spans)
+            done = 0
+            for start, length, want in spans:
+                if _sha256_range(fd, start, length, target.path) != want:
+                    if raw and _sha256_range(img_fd, start, length, image) != want:
+                        raise FlashError(
+                            f"{image} does not match its block map at bytes {start}-"
+                            f"{start + length}: the image or the .bmap is damaged"
+                        )
+                    raise FlashError(
+                        f"read-back of {target.path} differs from the image at bytes "
+                        f"{start}-{start + length}: the card may be failing or fake"
+                    )
+                done += length
                 if progress:
-                    progress("verify", done, sum(s[1] for s in spans))
-            if digest.hexdigest() != want:
+                    progress("verify", done, total)
+            return
+        # A raw image without hash or map: compare the device with the image, byte for byte.
+        off = 0
+        while off < size:
+            want_bytes = os.pread(img_fd, min(4 << 20, size - off), off)
+            got = os.pread(fd, len(want_bytes), off)
+            if not want_bytes or got != want_bytes:
                 raise FlashError(
-                    f"read-back of {target.path} differs from the image at bytes "
-                    f"{start}-{start + length}: the card may be failing or fake"
+                    f"read-back of {target.path} differs from {image} near byte {off}: "
+                    "the card may be failing or fake"
                 )
+            off += len(want_bytes)
+            if progress:
+                progress("verify", off, size)
     finally:
         os.close(fd)
+        if img_fd >= 0:
+            os.close(img_fd)
 
 
 def flash(
@@ -438,15 +476,16 @@ def flash(
             "use a larger card"
         )
     t1 = time.monotonic()
+    hash_stream = compress.detect(image) != "raw"
     fd = _open_target(target, size, block_map is not None)
     try:
-        digest, written = _write(image, fd, target, size, block_map, progress)
+        digest, written = _write(image, fd, target, size, block_map, progress, hash_stream)
     finally:
         os.close(fd)
-    if expected is not None and digest != expected:
+    if digest is not None and expected is not None and digest != expected:
         raise FlashError(f"{image} changed while it was written: flash it again")
     t2 = time.monotonic()
-    _verify(target, size, digest, block_map, progress)
+    _verify(target, image, size, digest or expected, block_map, progress)
     t3 = time.monotonic()
     return FlashResult(
         target, size, written, digest, block_map is not None, t1 - t0, t2 - t1, t3 - t2

@@ -209,3 +209,14 @@ def test_busy_device_is_refused_by_o_excl(tmp_path: Path, built: Path) -> None:
                 flash.flash(img, Path(dev), force_non_removable=True)
         finally:
             os.close(holder)
+
+
+def test_bare_raw_image_is_compared_byte_for_byte(tmp_path: Path, built: Path) -> None:
+    img = tmp_path / "bare.img"
+    img.write_bytes(built.read_bytes())
+    dest = tmp_path / "card.img"
+    result = flash.flash(img, dest)
+    assert result.sha256 is None and dest.read_bytes() == img.read_bytes()
+    cli = CliRunner().invoke(main, ["flash", str(img), str(dest), "--yes"])
+    assert cli.exit_code == 0 and "identical to the image" in cli.output
+    assert f"wrote file {dest}" in cli.output
