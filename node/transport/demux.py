@@ -63,6 +63,8 @@ class EndpointCore:
         self._initials: dict[tuple[Address, bytes], ConnectionCore] = {}
         self._per_ip: Counter[str] = Counter()
         self._ip_of: dict[bytes, str] = {}
+        self._per_peer: Counter[bytes] = Counter()
+        self._peer_of: dict[bytes, bytes] = {}
         self._dirty: dict[bytes, ConnectionCore] = {}
         self._timers: list[tuple[float, int, bytes]] = []
         self._timer_of: dict[bytes, float] = {}
@@ -244,8 +246,10 @@ class EndpointCore:
                     self._dirty[conn.local_cid] = conn
                     continue
                 peer = conn.peer_id
-                same = sum(1 for c in self.connections.values() if c.peer_id == peer)
-                if same > self.max_sessions_per_peer:
+                assert peer is not None
+                self._per_peer[peer] += 1
+                self._peer_of[conn.local_cid] = peer
+                if self._per_peer[peer] > self.max_sessions_per_peer:
                     self.counters["refused_peer_limit"] += 1
                     conn.close(INTERNAL_ERROR, "too many sessions from this peer", now=now)
                     self._dirty[conn.local_cid] = conn
@@ -300,6 +304,11 @@ class EndpointCore:
         self._per_ip[ip] -= 1
         if self._per_ip[ip] <= 0:
             del self._per_ip[ip]
+        peer = self._peer_of.pop(conn.local_cid, None)
+        if peer is not None:
+            self._per_peer[peer] -= 1
+            if self._per_peer[peer] <= 0:
+                del self._per_peer[peer]
         for key, c in list(self._initials.items()):
             if c is conn:
                 del self._initials[key]

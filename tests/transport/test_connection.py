@@ -342,3 +342,17 @@ def test_handshake_events_once() -> None:
     net.run_for(2.0)
     completions = [e for _, _, e in net.events if isinstance(e, HandshakeCompleted)]
     assert len(completions) == 2
+
+
+def test_sessions_per_peer_are_limited() -> None:
+    net = FakeNetwork(seed=4)
+    a = make_endpoint(1)
+    b = make_endpoint(2, max_sessions_per_peer=2)
+    net.attach(A, a)
+    net.attach(B, b)
+    conns = [a.connect(B, net.now) for _ in range(3)]
+    net.run_for(1.0)
+    closed = [e for _, c, e in net.events if isinstance(e, ConnectionTerminated) and c in conns]
+    assert len(closed) == 1 and "too many sessions" in closed[0].reason
+    assert b.counters["refused_peer_limit"] == 1
+    assert sum(1 for c in b.live() if c.is_established) == 2
