@@ -433,6 +433,7 @@ class ConnectionCore:
         self._pacing_budget = float(cfg.max_datagram_size * 10)
         self._pacing_time = now
         self._pacing_timer: float | None = None
+        self.rate_cap: float | None = None  # bytes/s imposed from outside (work limits)
         # streams and flow control
         self._send_streams: dict[int, SendStream] = {}
         self._recv_streams: dict[int, RecvStream] = {}
@@ -1371,6 +1372,8 @@ class ConnectionCore:
         cc = self.cc
         srtt = self.smoothed_rtt or K_INITIAL_RTO / 3
         rate = cc.pacing_rate(srtt)
+        if self.rate_cap is not None:
+            rate = min(rate, self.rate_cap)
         budget_cap = max(K_PACING_BURST * mds, rate * K_PACING_WINDOW)
         self._pacing_budget = min(
             budget_cap, self._pacing_budget + (now - self._pacing_time) * rate
@@ -1437,6 +1440,10 @@ class ConnectionCore:
         buf = wire.Buffer()
         wire.push_frame(buf, frame)
         return bytes(buf.data)
+
+    def send_pending(self) -> bool:
+        """Whether stream data, datagrams or control frames wait to be sent."""
+        return self._has_payload()
 
     def _has_payload(self) -> bool:
         return bool(

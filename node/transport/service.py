@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 _log = log.get_logger(__name__)
 
+CAP_INTERVAL = 1.0  # seconds between re-sharing the bandwidth cap among sessions
+
 
 def transport_config(ctx: AgentContext) -> TransportConfig:
     net = ctx.config.network
@@ -45,6 +47,7 @@ class TransportService:
             max_sessions=ctx.config.network.max_sessions,
         )
         self.address: tuple[str, int] | None = None
+        self._cap: int | None = None
 
     async def start(self) -> None:
         if self.address is not None:
@@ -63,10 +66,27 @@ class TransportService:
 
     async def run(self) -> None:
         try:
-            await asyncio.Event().wait()
+            while True:
+                self.apply_bandwidth_cap()
+                await asyncio.sleep(CAP_INTERVAL)
         finally:
             await self.endpoint.close()
             self.address = None
+
+    def apply_bandwidth_cap(self) -> None:
+        """Share ``ctx.limits.bandwidth_cap_bps`` (heat, power) among the busy sessions."""
+        cap = self.ctx.limits.bandwidth_cap_bps
+        conns = [c._core for c in self.endpoint.connections]
+        if cap is None:
+            per: float | None = None
+        else:
+            busy = sum(1 for c in conns if c.bytes_in_flight or c.send_pending())
+            per = cap / 8 / max(1, busy)
+        for core in conns:
+            core.rate_cap = per
+        if cap != self._cap:
+            self._cap = cap
+            _log.info("bandwidth_cap", bps=cap)
 
     def _path_of(self, conn: Connection) -> str:
         nat = self.ctx.services.get("nat")

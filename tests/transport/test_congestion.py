@@ -115,3 +115,26 @@ def test_tolerant_keeps_a_lossy_link_full_where_newreno_collapses() -> None:
 
 def test_tolerant_fills_a_clean_link() -> None:
     assert _goodput("tolerant", 0.0) > 15.0  # 77 % including slow start
+
+
+def test_rate_cap_limits_a_session() -> None:
+    net = FakeNetwork(seed=2, link=Link(delay=0.01, rate_bps=50e6))
+    a = make_endpoint(1)
+    b = make_endpoint(2)
+    net.attach(("198.18.0.1", 1), a)
+    net.attach(("198.18.0.2", 2), b)
+    c = a.connect(("198.18.0.2", 2), net.now)
+    net.run_until(lambda: c.is_established and any(x.is_established for x in b.live()))
+    s: ConnectionCore = next(iter(b.live()))
+    c.rate_cap = 1e6 / 8  # 1 Mbit/s
+    sid = c.open_stream()
+    c.send_stream(sid, bytes(2_000_000))
+    a.touch(c)
+    start, got = net.now, 0
+    while net.now < start + 4.0:
+        net.step()
+        data, _ = s.read_stream(sid)
+        got += len(data)
+        if data:
+            b.touch(s)
+    assert 0.8e6 < got * 8 / 4.0 < 1.1e6
