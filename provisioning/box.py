@@ -196,16 +196,24 @@ def _get(url: str) -> Any:
         return json.load(resp)
 
 
-def _api_base(cfg: dict[str, str]) -> str | None:
+def _runtime(cfg: dict[str, str]) -> dict[str, Any] | None:
+    """What the running agent wrote to DATA_DIR/agent.json (pid, node id, URLs), if it runs."""
+    info: dict[str, Any]
     try:
         info = json.loads((Path(cfg["BITCHAT_DATA_DIR"]) / "agent.json").read_text())
-        pid = int(info["pid"])
-        os.kill(pid, 0)
-        return str(info["web"]).rstrip("/")
+        if not isinstance(info, dict):
+            return None
+        os.kill(int(info["pid"]), 0)
     except PermissionError:
-        return str(info["web"]).rstrip("/")
+        pass
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return info
+
+
+def _api_base(cfg: dict[str, str]) -> str | None:
+    info = _runtime(cfg)
+    return str(info["web"]).rstrip("/") if info and "web" in info else None
 
 
 def health(cfg: dict[str, str], version: str, timeout: float) -> str:
@@ -252,12 +260,15 @@ def facts(cfg: dict[str, str]) -> dict[str, Any]:
         "hostname": os.uname().nodename,
         "version": _version_of(prefix / "current") or None,
         "previous": _version_of(prefix / "previous") or None,
-        "node_id": _node_id(cfg),
+        "node_id": None,
         "token_sha256": None,
         "temperature_c": None,
         "disk": None,
         "api": {},
     }
+    info = _runtime(cfg)
+    # The running agent names its node id; otherwise read the identity (a second Python).
+    out["node_id"] = str(info["node_id"]) if info and "node_id" in info else _node_id(cfg)
     token_file = Path(os.environ.get("BITCHAT_ETC", "/etc/bitchat-node")) / "enrollment.token"
     with contextlib.suppress(OSError):
         token = token_file.read_text().strip().encode()

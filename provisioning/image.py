@@ -139,17 +139,10 @@ def wheel_version(wheelhouse: Path) -> str:
     return versions[-1]
 
 
-def auto_wheelhouse(python_version: str, log: Progress) -> Path:
-    """Download aarch64 wheels of the agent's dependencies and build its own wheel (cached)."""
-    from node import __version__
-
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitchat-fleet"
-    house = cache / f"wheelhouse-{__version__}-py{python_version}-aarch64"
-    if house.is_dir() and any(_WHEEL.match(p.name) for p in house.iterdir()):
-        return house
-    part = house.with_name(house.name + ".part")
+def _download_deps(reqs: list[str], python_version: str, deps: Path, log: Progress) -> None:
+    """pip download of aarch64 wheels (sdists where none exist) into ``deps``."""
+    part = deps.with_name(deps.name + ".part")
     part.mkdir(parents=True, exist_ok=True)  # pip skips files an earlier try downloaded
-    reqs = [r for r in importlib.metadata.requires("bitchat-node") or [] if "extra ==" not in r]
     log(f"downloading {len(reqs)} dependencies for aarch64 / Python {python_version}")
     platforms = ["manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64"]
     cmd = [
@@ -194,12 +187,31 @@ def auto_wheelhouse(python_version: str, log: Progress) -> Path:
                 "compiled on first boot (gcc and python3-dev needed on the image), or put a "
                 "prebuilt wheel in a wheelhouse directory"
             )
+    part.rename(deps)
+
+
+def auto_wheelhouse(python_version: str, log: Progress, dest: Path) -> Path:
+    """Fill ``dest`` with aarch64 wheels of the agent's dependencies and a fresh wheel of it.
+
+    Downloads are cached per requirement set in ~/.cache/bitchat-fleet; this project's wheel is
+    built anew each time, so an image never carries a stale agent.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitchat-fleet"
+    reqs = [r for r in importlib.metadata.requires("bitchat-node") or [] if "extra ==" not in r]
+    key = hashlib.sha256("\n".join(sorted(reqs)).encode()).hexdigest()[:12]
+    deps = cache / f"deps-py{python_version}-aarch64-{key}"
+    if not deps.is_dir():
+        _download_deps(reqs, python_version, deps, log)
+    dest.mkdir(parents=True, exist_ok=True)
+    for wheel in sorted(deps.iterdir()):
+        shutil.copy2(wheel, dest / wheel.name)
     source = Path(__file__).resolve().parent.parent
     if not (source / "pyproject.toml").is_file():
         raise ImageError(
             "wheelhouse = auto needs the bitchat-node source tree to build its wheel; "
             "set agent.wheelhouse to a directory holding bitchat_node-*.whl"
         )
+    part = dest
     log("building the bitchat-node wheel")
     with tempfile.TemporaryDirectory(prefix="bitchat-wheel-") as tmp:
         # Build from a snapshot so a concurrent build/ or egg-info in the checkout cannot race.
@@ -223,8 +235,7 @@ def auto_wheelhouse(python_version: str, log: Progress) -> Path:
             str(snap),
         ]
         _run(cmd, {"SOURCE_DATE_EPOCH": str(source_date_epoch())}, "building the wheel")
-    part.rename(house)
-    return house
+    return dest
 
 
 # -- file contents ---------------------------------------------------------------------------
@@ -629,12 +640,14 @@ def build(
     epoch = source_date_epoch()
     if not base.is_file():
         raise ImageError(f"base image {base} does not exist")
-    house = wheelhouse or recipe.wheelhouse or auto_wheelhouse(recipe.python_version, log)
-    version = wheel_version(house)
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + ".part")
     with tempfile.TemporaryDirectory(prefix=".bitchat-image-", dir=out.parent) as tmp:
         staging = Path(tmp)
+        house = wheelhouse or recipe.wheelhouse
+        if house is None:
+            house = auto_wheelhouse(recipe.python_version, log, staging / "wheelhouse")
+        version = wheel_version(house)
         log(f"unpacking {base}")
         size = unpack(base, part)
         with part.open("rb") as fh:
