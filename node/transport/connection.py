@@ -98,8 +98,8 @@ class TransportConfig:
     idle_timeout: float = 60.0
     keepalive_interval: float = 20.0
     handshake_timeout: float = 10.0
-    stream_window: int = 1 << 20
-    connection_window: int = 4 << 20
+    stream_window: int = 4 << 20
+    connection_window: int = 8 << 20
     max_streams: int = 128
     key_update_interval: int = 1 << 16
     max_ack_delay: float = 0.025

@@ -245,7 +245,10 @@ class Tolerant(CongestionControl):
 
     def on_retransmission_timeout(self, *, now: float) -> None:
         self.ssthresh = max(int(self.bdp), self.minimum_window)
-        self.congestion_window = self.minimum_window
+        # Without a queue the timeout most likely followed a lost retransmission, not
+        # congestion: restart from half the estimated BDP instead of two datagrams.
+        quiet = not self._delay_signal()
+        self.congestion_window = max(int(self.bdp / 2) if quiet else 0, self.minimum_window)
         self.phase = Phase.SLOW_START
         self._last_cut = now
 
