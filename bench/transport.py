@@ -438,7 +438,7 @@ def start_flow(top: Topology, peer: str, seconds: float) -> Flow:
     return Flow(peer, sink, source)
 
 
-def finish_flow(flow: Flow, seconds: float) -> float | str:
+def finish_flow(flow: Flow, seconds: float, *, record_cpu: bool = True) -> float | str:
     """Goodput in Mbit/s, or the reason there is none."""
     line = _await_line(flow.sink, seconds + 60)
     source_line = _await_line(flow.source, 15)
@@ -449,7 +449,7 @@ def finish_flow(flow: Flow, seconds: float) -> float | str:
         with contextlib.suppress(json.JSONDecodeError, KeyError, ZeroDivisionError):
             usage = json.loads(text)
             shares.append(f"{usage['cpu_seconds'] / usage['wall_seconds']:.0%}")
-    if len(shares) == 2:
+    if len(shares) == 2 and record_cpu:
         WORKER_CPU.setdefault(flow.peer, []).append("/".join(shares))
     for proc in (flow.source, flow.sink):
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -542,7 +542,7 @@ def compete(spec: LinkSpec, peers: list[str], rival: str, seconds: float) -> dic
                 continue
             other = start_flow(top, rival, seconds)
             mine = start_flow(top, peer, seconds)
-            a, b = finish_flow(mine, seconds), finish_flow(other, seconds)
+            a, b = finish_flow(mine, seconds), finish_flow(other, seconds, record_cpu=False)
             out[peer] = (a, b)
             time.sleep(1)
     return out

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -289,10 +290,7 @@ class Lab:
         self.namespaces.clear()
         for f in self._files:
             f.close()
-        with contextlib.suppress(OSError):
-            for p in sorted(self.tmpdir.rglob("*"), reverse=True):
-                p.rmdir() if p.is_dir() else p.unlink()
-            self.tmpdir.rmdir()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     # -- building --------------------------------------------------------------------------
     def namespace(self, name: str, *, forwarding: bool = False) -> Namespace:
