@@ -4,7 +4,7 @@ Policy (defence against floods of fake contacts): a contact enters only after it
 directly (its record is signed and its id is the hash of its key); a full bucket keeps its old
 live contacts and parks newcomers in a bounded replacement cache, promoting one only when an
 old contact fails; a bucket takes at most ``per_subnet`` contacts from one IPv4 /24 (or IPv6
-/48), so one host or network cannot fill it.
+/48), so one host or network cannot fill it (loopback is exempt for local devnets).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def _subnet(address: str) -> str | None:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return None
+    if ip.is_loopback:
+        return None  # a devnet of many nodes on one host is not an attack
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 

@@ -53,7 +53,7 @@ class Peer:
     ns: Namespace
     endpoint: Endpoint
     traversal: Traversal
-    relay_conn: Connection
+    relay_conns: list[Connection]
     addresses: list[Address]
     nat_class: str
     mapper: PortMapper | None = None
@@ -74,10 +74,7 @@ class Matrix:
         self.lab = lab
         self.udp_timeout = udp_timeout
         self.places: dict[str, list[tuple[Namespace, Router | None]]] = {}
-        self.relay_ns = lab.public_host("relay")
-        self.relay_endpoint: Endpoint | None = None
-        self.relay_server: RelayServer | None = None
-        self._count = 0
+        self.relays: list[tuple[Namespace, Endpoint, RelayServer]] = []
 
     def place(self, kind: str, slot: int) -> tuple[Namespace, Router | None]:
         """A host of ``kind``; slot 0 and 1 sit behind different routers of that kind."""
@@ -98,26 +95,28 @@ class Matrix:
         return places[slot]
 
     async def start_relay(self, limits: RelayLimits | None = None) -> Address:
-        sock = self.relay_ns.socket()
+        """Another public relay node (it also serves STUN); peers made later reserve on all."""
+        ns = self.lab.public_host(f"relay{len(self.relays)}")
+        sock = ns.socket()
         sock.bind(("0.0.0.0", 7700))
         ep = Endpoint(Identity.generate())
         await ep.bind(sock=sock)
-        server = StunServer()
-        agent = StunAgent(lambda d, a, s: ep.send_raw(d, a), ep.local_address, server=server)
+        agent = StunAgent(lambda d, a, s: ep.send_raw(d, a), ep.local_address, server=StunServer())
         ep.stun_handler = agent.datagram_received
-        self.relay_server = RelayServer(ep, limits or RelayLimits())
-        self.relay_server.attach()
-        self.relay_endpoint = ep
-        return self.relay_address
+        server = RelayServer(ep, limits or RelayLimits())
+        server.attach()
+        self.relays.append((ns, ep, server))
+        return ns.addr, 7700
 
     @property
     def relay_address(self) -> Address:
-        return self.relay_ns.addr, 7700
+        return self.relays[0][0].addr, 7700
 
-    async def stop_relay(self) -> None:
-        if self.relay_endpoint is not None:
-            await self.relay_endpoint.close()
-            self.relay_endpoint = None
+    async def stop_relay(self, index: int | None = None) -> None:
+        """Stop one relay (all when ``index`` is None)."""
+        for i, (_, ep, _) in enumerate(self.relays):
+            if index is None or i == index:
+                await ep.close()
 
     async def peer(self, kind: str, slot: int) -> Peer:
         ns, router = self.place(kind, slot)
@@ -156,9 +155,12 @@ class Matrix:
         relay_client = RelayClient(ep, sock_factory=ns.socket)
         traversal = Traversal(ep, stun, relay_client, candidates, credentials)
         traversal.attach()
-        relay_conn = await ep.connect(self.relay_address, timeout=5.0)
-        await relay_client.reserve(relay_conn)
-        peer = Peer(kind, ns, ep, traversal, relay_conn, addresses, nat_class, mapper)
+        relay_conns = []
+        for relay_ns, _, _ in self.relays:
+            relay_conn = await ep.connect((relay_ns.addr, 7700), timeout=5.0)
+            await relay_client.reserve(relay_conn)
+            relay_conns.append(relay_conn)
+        peer = Peer(kind, ns, ep, traversal, relay_conns, addresses, nat_class, mapper)
 
         async def echo(conn: Connection, stream: Stream) -> None:
             data = await stream.read(100)
@@ -196,7 +198,7 @@ async def run_cell(matrix: Matrix, a_kind: str, b_kind: str, settle: float = 8.0
     try:
         began = time.monotonic()
         conn = await a.traversal.connect(
-            b.endpoint.identity.public_key, b.addresses, b.nat_class, [a.relay_conn]
+            b.endpoint.identity.public_key, b.addresses, b.nat_class, a.relay_conns
         )
         first = await exchange(conn, b"hello")
         ttfb = time.monotonic() - began

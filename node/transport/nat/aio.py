@@ -69,6 +69,10 @@ class StunAgent:
             if reply is not None:
                 self._safe_send(reply.data, reply.dest, reply.source)
 
+    def send(self, data: bytes, dest: Address) -> None:
+        """Send a raw datagram from this agent's port (errors are logged, not raised)."""
+        self._safe_send(data, dest, self.local)
+
     def _safe_send(self, data: bytes, dest: Address, source: Address) -> None:
         try:
             self._send(data, dest, source)
@@ -176,14 +180,20 @@ class StunSocket:
 
 
 async def _bind(
-    local: Address, handler: Callable[[bytes, Address], None]
+    local: Address,
+    handler: Callable[[bytes, Address], None],
+    sock: socket.socket | None = None,
 ) -> asyncio.DatagramTransport:
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
     try:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(handler), local_addr=local, family=family
-        )
+        if sock is not None:
+            sock.setblocking(False)
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(handler), sock=sock)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(handler), local_addr=local, family=family
+            )
     except OSError as exc:
         raise NatError(f"cannot bind UDP {local[0]}:{local[1]} for STUN: {exc.strerror}") from exc
     return transport
@@ -194,12 +204,14 @@ async def open_stun_socket(
     *,
     server: StunServer | None = None,
     client: StunClient | None = None,
+    sock: socket.socket | None = None,
 ) -> StunSocket:
-    """Bind a UDP socket and run a STUN agent (client, plus ``server`` if given) on it."""
+    """Bind a UDP socket (or take ``sock``) and run a STUN agent (client, plus ``server`` if
+    given) on it."""
     holder: list[StunAgent] = []
-    transport = await _bind(local, lambda d, a: holder[0].datagram_received(d, a))
-    sock = transport.get_extra_info("sockname")
-    here = (sock[0], sock[1])
+    transport = await _bind(local, lambda d, a: holder[0].datagram_received(d, a), sock)
+    name = transport.get_extra_info("sockname")
+    here = (name[0], name[1])
 
     def send(data: bytes, dest: Address, source: Address) -> None:
         transport.sendto(data, dest)

@@ -18,15 +18,19 @@ import psutil
 
 from node import log
 from node.config import parse_hostport
-from node.transport.nat.aio import StunAgent
+from node.transport.nat.aio import StunAgent, open_stun_socket
 from node.transport.nat.discovery import NatClass, NatReport, discover
 from node.transport.nat.errors import NatError
+from node.transport.nat.keepalive import Keepalive, interval_for, measure_binding_lifetime
 from node.transport.nat.portmap import PortMapper
+from node.transport.nat.relay import RelayClient, RelayLimits, RelayServer
 from node.transport.nat.stun import Address
 from node.transport.nat.stun_server import StunServer
+from node.transport.nat.traversal import Traversal, predicted
 
 if TYPE_CHECKING:
     from node.agent import AgentContext
+    from node.overlay.records import NodeRecord
     from node.transport.endpoint import Connection, Endpoint
 
 _log = log.get_logger(__name__)
@@ -54,9 +58,15 @@ class NatService:
         self.stun: StunAgent | None = None
         self.report: NatReport | None = None
         self.mapper: PortMapper | None = None
-        self.relayed: set[bytes] = set()
         self.last_error: str | None = None
         self.discovered = asyncio.Event()
+        self.credentials: dict[str, bytes] = {}
+        self.traversal: Traversal | None = None
+        self.relay_server: RelayServer | None = None
+        self.relay_conns: dict[Address, Connection] = {}
+        self.binding_lifetime: float | None = None
+        self.keepalive: Keepalive | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         if self.stun is not None:
@@ -66,29 +76,141 @@ class NatService:
         if endpoint is None:
             raise NatError("the nat service needs the transport service; it is not configured")
         self.endpoint = endpoint
-        server = StunServer() if self.cfg.stun_server else None
+        # authenticated hole-punch checks are always answered; plain ones if we serve STUN
+        server = StunServer(credentials=self.credentials.get, serve_plain=self.cfg.stun_server)
 
         def send(data: bytes, dest: Address, source: Address) -> None:
             endpoint.send_raw(data, dest)
 
         self.stun = StunAgent(send, endpoint.local_address, server=server)
         endpoint.stun_handler = self.stun.datagram_received
+        self.traversal = Traversal(
+            endpoint, self.stun, RelayClient(endpoint), self.candidates, self.credentials
+        )
+        self.traversal.attach()
+        if self.cfg.offer_relay:
+            limits = RelayLimits(
+                self.cfg.relay_max_connections,
+                self.cfg.relay_max_bytes,
+                float(self.cfg.relay_max_seconds),
+            )
+            self.relay_server = RelayServer(endpoint, limits)
+            self.relay_server.attach()
+        self.keepalive = Keepalive(endpoint.send_raw, self._direct_peers)
 
     def stun_servers(self) -> list[Address]:
         texts = self.cfg.stun_servers or self.ctx.config.network.bootstrap
         return [parse_hostport(t) for t in texts][:2]
 
     async def run(self) -> None:
+        assert self.keepalive is not None
+        self._tasks.append(asyncio.create_task(self.keepalive.run()))
         try:
             while True:
-                await self.check()
+                report = await self.check()
+                if report is not None and report.nat_class != NatClass.PUBLIC:
+                    await self._reserve_relays()
+                    if self.binding_lifetime is None:
+                        self._tasks.append(asyncio.create_task(self._measure()))
                 await asyncio.sleep(self.cfg.rediscover_s)
         finally:
+            for task in self._tasks:
+                task.cancel()
             if self.mapper is not None:
                 with contextlib.suppress(Exception):
                     await self.mapper.close()
+            if self.traversal is not None:
+                await self.traversal.relays.close()
             if self.stun is not None:
                 self.stun.close()
+
+    async def _measure(self) -> None:
+        """Measure how long the router keeps idle bindings and size keepalives from it."""
+        assert self.stun is not None and self.keepalive is not None
+        servers = self.stun_servers()
+        if not servers:
+            return
+        probe = await open_stun_socket(("0.0.0.0", 0))
+        try:
+            self.binding_lifetime = await measure_binding_lifetime(
+                self.stun, probe.agent, servers[0]
+            )
+        except NatError as exc:
+            _log.info("binding_lifetime_unknown", error=str(exc))
+            return
+        finally:
+            probe.close()
+        self.keepalive.interval = interval_for(self.binding_lifetime)
+        _log.info("keepalive_sized", interval=self.keepalive.interval)
+
+    async def _reserve_relays(self) -> None:
+        """Hold reservations on the bootstrap peers so others can reach us through them."""
+        assert self.endpoint is not None and self.traversal is not None
+        for text in self.ctx.config.network.bootstrap:
+            addr = parse_hostport(text)
+            conn = self.relay_conns.get(addr)
+            if conn is not None and not conn.is_closed:
+                continue
+            try:
+                conn = await self.endpoint.connect(addr, timeout=5.0)
+                await self.traversal.relays.reserve(conn)
+            except Exception as exc:  # a relay that is down or full: others may do
+                _log.info("relay_reservation_failed", relay=text, error=str(exc))
+                continue
+            self.relay_conns[addr] = conn
+        overlay = self.ctx.services.get("overlay")
+        refresh = getattr(overlay, "refresh_record", None)
+        if callable(refresh):
+            refresh()
+
+    def _direct_peers(self) -> list[Address]:
+        if self.endpoint is None or self.traversal is None:
+            return []
+        return [
+            c.remote_address
+            for c in self.endpoint.connections
+            if self.traversal.path_of(c) != "relayed"
+        ]
+
+    def candidates(self) -> list[Address]:
+        """Our addresses for hole punching: mapped, port-mapped, local, predicted."""
+        out: list[Address] = []
+        if self.mapper is not None and self.mapper.external is not None:
+            out.append(self.mapper.external)
+        report = self.report
+        if report is not None and report.public_address is not None:
+            out.append(report.public_address)
+            if not report.endpoint_independent:
+                out.extend(predicted(report.public_address))
+        if self.endpoint is not None:
+            host, port = self.endpoint.local_address
+            hosts = [host] if host not in ("0.0.0.0", "::") else sorted(local_ips())
+            out.extend((h, port) for h in hosts if ":" not in h and not h.startswith("127."))
+        return list(dict.fromkeys(out))
+
+    async def connect_record(self, record: NodeRecord) -> Connection:
+        """A session with the node of ``record``: direct, or relayed and then upgraded."""
+        assert self.endpoint is not None and self.traversal is not None
+        addresses = [parse_hostport(a) for a in record.addresses]
+        relays: list[Connection] = []
+        for text in record.relays:
+            try:
+                addr = parse_hostport(text)
+            except ValueError:
+                continue
+            conn = self.relay_conns.get(addr)
+            if conn is None or conn.is_closed:
+                try:
+                    conn = await self.endpoint.connect(addr, timeout=5.0)
+                except Exception:  # try the next relay
+                    continue
+                self.relay_conns[addr] = conn
+            relays.append(conn)
+        return await self.traversal.connect(record.public_key, addresses, record.nat_class, relays)
+
+    def relay_addresses(self) -> list[str]:
+        """Relays that hold a reservation for us (for our DHT record)."""
+        return [f"{h}:{p}" for (h, p), c in self.relay_conns.items() if not c.is_closed]
 
     async def check(self) -> NatReport | None:
         """Classify the NAT now (and map a port when it helps); None without STUN servers."""
@@ -156,7 +278,7 @@ class NatService:
         }
 
     def path_of(self, conn: Connection) -> str:
-        if conn.peer_id in self.relayed:
+        if self.traversal is not None and self.traversal.path_of(conn) == "relayed":
             return "relayed"
         if self.mapper is not None and self.mapper.external is not None:
             return "port-mapped"
@@ -168,4 +290,9 @@ class NatService:
             "report": self.report.to_json() if self.report else None,
             "error": self.last_error,
             "stun_server": self.stun.server.counters if self.stun and self.stun.server else None,
+            "binding_lifetime_s": self.binding_lifetime,
+            "keepalive_s": self.keepalive.interval if self.keepalive else None,
+            "traversal": self.traversal.counters if self.traversal else None,
+            "relay": self.relay_server.counters if self.relay_server else None,
+            "relay_reservations": self.relay_addresses(),
         }

@@ -56,8 +56,10 @@ class StunServer:
         credentials: Credentials | None = None,
         rate: float = 500.0,
         burst: float = 200.0,
+        serve_plain: bool = True,
     ) -> None:
         self.rfc5780 = rfc5780
+        self.serve_plain = serve_plain
         self.credentials = credentials
         self.rate = rate
         self.burst = burst
@@ -111,6 +113,8 @@ class StunServer:
             return self._reply(reply, src, local, None)
         key: bytes | None = None
         username = req.get(Attr.USERNAME)
+        if username is None and not self.serve_plain:
+            return None  # only authenticated hole-punch checks are answered here
         if username is not None or req.get(Attr.MESSAGE_INTEGRITY) is not None:
             if self.credentials is None or username is None:
                 return self._error(req, src, local, 400, "USERNAME and MESSAGE-INTEGRITY needed")

@@ -96,7 +96,13 @@ class Traversal:
         self.candidates = candidates
         self.credentials = credentials
         self.upgraded: dict[bytes, Address] = {}
-        self.counters = {"direct": 0, "relayed": 0, "punched": 0, "punch_failed": 0}
+        self.counters = {
+            "direct": 0,
+            "relayed": 0,
+            "punched": 0,
+            "punch_failed": 0,
+            "relay_replaced": 0,
+        }
 
     def attach(self) -> None:
         self.endpoint.set_handler(PROTOCOL, self._serve_punch)
@@ -139,11 +145,45 @@ class Traversal:
                 errors.append(f"relay {relay.peer_id.hex()[:12]}: {exc}")
                 continue
             self.counters["relayed"] += 1
+            self._watch(conn, shim, target, relays)
             if upgrade:
                 task = asyncio.create_task(self.upgrade(conn))
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
             return conn
         raise NatError("cannot reach peer: " + "; ".join(errors or ["no address and no relay"]))
+
+    def _watch(
+        self, conn: Connection, shim: Address, target: bytes, relays: list[Connection]
+    ) -> None:
+        """When the relayed path dies while the session still uses it, move to another relay."""
+        task = self.relays.shims.get(shim)
+        if task is None:
+            return
+
+        def died(_: object) -> None:
+            if not conn.is_closed and conn.remote_address == shim:
+                spawned = asyncio.ensure_future(self._replace(conn, shim, target, relays))
+                spawned.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+        task.add_done_callback(died)
+
+    async def _replace(
+        self, conn: Connection, dead: Address, target: bytes, relays: list[Connection]
+    ) -> None:
+        for relay in relays:
+            if relay.is_closed:
+                continue
+            try:
+                shim = await self.relays.open_path(relay, target)
+            except Exception as exc:  # this relay cannot help either: try the next
+                _log.info("relay_replace_failed", relay=relay.peer_id.hex()[:12], error=str(exc))
+                continue
+            conn.migrate(shim)
+            self.counters["relay_replaced"] += 1
+            _log.info("relay_replaced", peer=conn.peer_id.hex()[:16])
+            self._watch(conn, shim, target, relays)
+            return
+        _log.warning("relay_lost", peer=conn.peer_id.hex()[:16])
 
     def _local_offer(self) -> tuple[str, str, list[Address]]:
         ufrag = secrets.token_hex(4)
