@@ -21,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.errors import NodeError
 from node.storage_agent.errors import StorageError
 from node.storage_agent.transfer import get_file, put_file
 
 READY_TIMEOUT = 30.0
 DEVNET_STORAGE = """
 [storage]
-price_per_gib_month = 200000.0
+price_per_gib_month = 100000000.0
 egress_price_per_gib = 2000.0
 contract_days = 0.02
 audit_interval = 4.0
@@ -114,30 +115,49 @@ class Devnet:
 
     def start_node(self, node: DevnetNode, *, wait: bool = True) -> None:
         node.log_path = node.data_dir / "agent.log"
-        log = node.log_path.open("ab")
-        node.process = subprocess.Popen(
-            [sys.executable, "-m", "node", "run", "--data-dir", str(node.data_dir)],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
+        out_path = node.data_dir / "agent.out"
+        with node.log_path.open("ab") as log, out_path.open("wb") as out:
+            node.process = subprocess.Popen(
+                [sys.executable, "-m", "node", "run", "--data-dir", str(node.data_dir)],
+                stdout=out,
+                stderr=log,
+                start_new_session=True,
+            )
         if wait:
             self._wait_ready(node)
 
     def _wait_ready(self, node: DevnetNode) -> None:
-        assert node.process is not None and node.process.stdout is not None
+        assert node.process is not None
+        out_path = node.data_dir / "agent.out"
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            line = node.process.stdout.readline().decode(errors="replace")
-            if not line:
+            if m := re.search(r"^dashboard: (\S+)$", out_path.read_text(errors="replace"), re.M):
+                node.web = m.group(1)
+                return
+            if node.process.poll() is not None:
                 tail = node.log_path.read_text(errors="replace")[-1500:]
                 raise StorageError(f"devnet node {node.index} exited: {tail}")
-            if m := re.match(r"dashboard: (\S+)", line.strip()):
-                node.web = m.group(1)
-                node.process.stdout.close()
-                return
+            time.sleep(0.1)
         raise StorageError(f"devnet node {node.index} did not start in {READY_TIMEOUT:.0f} s")
+
+    def wait_peers(self, timeout: float = 90.0) -> bool:
+        """Wait until every running node knows every running node; False on timeout."""
+        from node.cli import fetch_json
+
+        alive = [n for n in self.nodes if n.alive]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counts = []
+            for n in alive:
+                try:
+                    doc = fetch_json(n.web.rstrip("/") + "/api/status")
+                    counts.append(int(doc["services"]["storage"]["peers"]))
+                except (NodeError, KeyError, TypeError, ValueError):
+                    counts.append(0)
+            if all(c >= len(alive) for c in counts):
+                return True
+            time.sleep(0.5)
+        return False
 
     def kill(self, node: DevnetNode, sig: int = signal.SIGKILL) -> None:
         if node.process is not None and node.process.poll() is None:
@@ -177,6 +197,8 @@ def workload(
     max_size: int = 3 * 1024 * 1024,
 ) -> None:
     """Store, fetch and check random files through the devnet until ``rounds`` are done."""
+    if not net.wait_peers():
+        say("warning: not every node sees every other yet; starting anyway")
     clients = net.nodes[1:] or net.nodes
     work = net.base / "workload"
     work.mkdir(exist_ok=True)

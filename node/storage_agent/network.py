@@ -21,7 +21,10 @@ from node.storage_agent.provider import Provider
 
 _log = log.get_logger(__name__)
 REQUEST_TIMEOUT = 30.0
-IDLE_TIMEOUT = 60.0
+IDLE_TIMEOUT = 900.0
+"""Seconds a serving stream may wait for the next request."""
+STREAM_REUSE = 600.0
+STREAM_POOL = 8
 
 
 class PeerUnreachable(StorageError):
@@ -137,11 +140,60 @@ class TcpDialer:
 
 
 class EndpointDialer:
-    """Uses the transport's Endpoint: one encrypted connection per peer, a stream per exchange."""
+    """Uses the transport's Endpoint: one encrypted connection per peer, streams reused.
+
+    A stream carries one exchange after another, so a busy peer costs a few long-lived streams
+    instead of a new stream per request. Idle streams older than :data:`STREAM_REUSE` are
+    closed rather than reused (the serving side drops them after :data:`IDLE_TIMEOUT`).
+    """
 
     def __init__(self, endpoint: Any) -> None:
         self.endpoint = endpoint
         self._conns: dict[tuple[str, int], Any] = {}
+        self._idle: dict[tuple[str, int], list[tuple[float, Any]]] = {}
+
+    async def _connection(
+        self, address: tuple[str, int], peer_key: bytes | None, timeout: float
+    ) -> Any:
+        conn = self._conns.get(address)
+        if conn is not None and getattr(conn, "is_closed", False):
+            self._forget(address)
+            conn = None
+        if conn is None:
+            conn = await self.endpoint.connect(
+                address, peer_public_key=peer_key, timeout=max(1.0, timeout * 0.8)
+            )
+            self._conns[address] = conn
+        return conn
+
+    def _forget(self, address: tuple[str, int]) -> None:
+        self._conns.pop(address, None)
+        for _, stream in self._idle.pop(address, []):
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def _take_idle(self, address: tuple[str, int]) -> Any | None:
+        pool = self._idle.get(address, [])
+        now = time.monotonic()
+        while pool:
+            since, stream = pool.pop()
+            if now - since < STREAM_REUSE:
+                return stream
+            with contextlib.suppress(Exception):
+                stream.close()
+        return None
+
+    def _give_back(self, address: tuple[str, int], stream: Any) -> None:
+        pool = self._idle.setdefault(address, [])
+        if len(pool) < STREAM_POOL:
+            pool.append((time.monotonic(), stream))
+        else:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    async def _exchange(self, stream: Any, msg: wire.Message) -> wire.Message | None:
+        await wire.write_message(stream, msg)
+        return await wire.read_message(stream)
 
     async def request(
         self, address: tuple[str, int], msg: wire.Message, *, peer_key: bytes | None = None,
@@ -149,30 +201,45 @@ class EndpointDialer:
     ) -> wire.Message:  # fmt: skip
         try:
             async with asyncio.timeout(timeout):
-                conn = self._conns.get(address)
-                if conn is None:
-                    conn = await self.endpoint.connect(address, peer_public_key=peer_key)
-                    self._conns[address] = conn
-                try:
+                conn = await self._connection(address, peer_key, timeout)
+                answer = None
+                stream = self._take_idle(address)
+                if stream is not None:
+                    try:
+                        answer = await self._exchange(stream, msg)
+                    except (OSError, StorageError, ConnectionError):
+                        answer = None
+                    except Exception:
+                        # A reused stream the peer dropped: the transport's own error root.
+                        answer = None
+                    if answer is None:
+                        with contextlib.suppress(Exception):
+                            stream.close()
+                if answer is None:
                     stream = await conn.open_stream(wire.PROTOCOL)
-                except Exception:
-                    self._conns.pop(address, None)
-                    raise
-                try:
-                    await wire.write_message(stream, msg)
-                    answer = await wire.read_message(stream)
-                finally:
-                    stream.close()
+                    try:
+                        answer = await self._exchange(stream, msg)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            stream.close()
+                        raise
+                if answer is None:
+                    if stream is not None:
+                        stream.close()
+                    raise PeerUnreachable(
+                        f"{address[0]}:{address[1]} closed the stream without answer"
+                    )
+                self._give_back(address, stream)
+                return answer
         except TimeoutError:
-            self._conns.pop(address, None)
+            self._forget(address)
             raise PeerUnreachable(f"{address[0]}:{address[1]} did not answer in time") from None
-        except (OSError, StorageError) as exc:
-            self._conns.pop(address, None)
-            raise PeerUnreachable(f"cannot reach {address[0]}:{address[1]}: {exc}") from None
+        except PeerUnreachable:
+            raise
+        except ProtocolError as exc:
+            self._forget(address)
+            raise PeerUnreachable(f"{address[0]}:{address[1]} broke the protocol: {exc}") from None
         except Exception as exc:
-            # Transport errors have their own root; a failed peer is unreachable either way.
-            self._conns.pop(address, None)
+            # OSError, or the transport's own errors: a failed peer is unreachable either way.
+            self._forget(address)
             raise PeerUnreachable(f"cannot reach {address[0]}:{address[1]}: {exc}") from None
-        if answer is None:
-            raise PeerUnreachable(f"{address[0]}:{address[1]} closed the stream without answer")
-        return answer

@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,8 @@ class Placer:
     files: dict[bytes, PlacedFile] = field(default_factory=dict)
     channels: dict[bytes, Channel] = field(default_factory=dict)
     auditor: audit.Auditor = field(default_factory=audit.Auditor)
+    refresh: Callable[[], Awaitable[int]] | None = None
+    """Asks the known addresses again who takes chunks (before giving up on placement)."""
     stats: dict[str, int] = field(
         default_factory=lambda: {"audits": 0, "audit_failures": 0, "repairs": 0, "vouchers": 0}
     )
@@ -161,6 +163,16 @@ class Placer:
         }  # fmt: skip
         write_durable(self.files_dir / "channels.json", json.dumps(doc).encode(), self.tmp_dir)
 
+    async def _persist(self, pf: PlacedFile | None) -> None:
+        """Save a placement record (or the channels); deferred while the data disk is gone."""
+        try:
+            if pf is None:
+                await asyncio.to_thread(self._save_channels)
+            else:
+                await asyncio.to_thread(self._save_file, pf)
+        except (StorageError, OSError) as exc:
+            _log.warning("placement_save_deferred", error=str(exc))
+
     # -- placing --------------------------------------------------------------------------
 
     def _candidates(self) -> list[Peer]:
@@ -174,6 +186,19 @@ class Placer:
             out.append(p)
         random.shuffle(out)
         return out
+
+    def _need_candidates(self) -> list[Peer]:
+        candidates = self._candidates()
+        if candidates:
+            return candidates
+        if self.peers():
+            raise StorageError(
+                f"none of the {len(self.peers())} known storage nodes accepts chunks now "
+                "(full, degraded, paused or suspended); no room for the file"
+            )
+        raise StorageError(
+            "no storage nodes known; add peers to [network] bootstrap or start a devnet"
+        )
 
     def _price(self, size: int) -> int:
         units = self.settings.price_per_gib_month * UNITS_PER_BCT * size * self.settings.term
@@ -202,11 +227,7 @@ class Placer:
         self, data: bytes, stripe: int, num: int, avoid: set[bytes], now: float
     ) -> Placement:
         """Store one share on a node outside ``avoid`` (or any node when all are in it)."""
-        candidates = self._candidates()
-        if not candidates:
-            raise StorageError(
-                "no storage nodes known; add peers to [network] bootstrap or start a devnet"
-            )
+        candidates = self._need_candidates()
         fresh = [p for p in candidates if p.public_key not in avoid]
         ordered = fresh + [p for p in candidates if p.public_key in avoid]
         errors = []
@@ -229,11 +250,7 @@ class Placer:
             client.encode_stripe, data, self.settings.k, self.settings.n
         )
         # Distinct nodes for the shares of a stripe: one candidate per share, in parallel.
-        candidates = self._candidates()
-        if not candidates:
-            raise StorageError(
-                "no storage nodes known; add peers to [network] bootstrap or start a devnet"
-            )
+        candidates = self._need_candidates()
 
         async def one(num: int) -> Placement:
             first = candidates[num % len(candidates)]
@@ -250,6 +267,8 @@ class Placer:
 
     async def put(self, ciphertext: AsyncIterator[bytes]) -> bytes:
         """Place a file's ciphertext; returns its record id."""
+        if not self._candidates() and self.refresh is not None:
+            await self.refresh()
         now = time.time()
         stripe_size = self.settings.k * client.SHARE_SIZE
         buf = bytearray()
@@ -281,7 +300,7 @@ class Placer:
             raise StorageError("no node accepted the file record")
         pf = PlacedFile(record, placements)
         self.files[record.id] = pf
-        await asyncio.to_thread(self._save_file, pf)
+        await self._persist(pf)
         self.events.emit(
             "info", "storage", f"stored a file of {total} bytes as {len(placements)} chunks",
             record=record.id.hex()[:16],
@@ -432,7 +451,7 @@ class Placer:
             results += await asyncio.gather(*(self.audit_one(p) for p in picked[i : i + 8]))
         for pf in self.files.values():
             if any(p in picked for p in pf.placements):
-                await asyncio.to_thread(self._save_file, pf)
+                await self._persist(pf)
         return results
 
     async def pay_round(self) -> int:
@@ -448,7 +467,7 @@ class Placer:
             due.append((key, ch))
         if not due:
             return 0
-        await asyncio.to_thread(self._save_channels)
+        await self._persist(None)
         sent = 0
         for key, ch in due:
             v = Voucher(
@@ -465,7 +484,7 @@ class Placer:
                 ch.sent_seq = ch.seq
                 sent += 1
         self.stats["vouchers"] += sent
-        await asyncio.to_thread(self._save_channels)
+        await self._persist(None)
         return sent
 
     def _needs_repair(self, p: Placement, now: float) -> bool:
@@ -503,7 +522,7 @@ class Placer:
                     f"repaired a lost share on {new.address[0]}:{new.address[1]}",
                     chunk=p.chunk.hex()[:16],
                 )  # fmt: skip
-            await asyncio.to_thread(self._save_file, pf)
+            await self._persist(pf)
         self.stats["repairs"] += repaired
         return repaired
 

@@ -159,7 +159,9 @@ class Provider:
             self.counters.refused += 1
             return wire.Error(wire.ErrorCode.FULL, str(exc))
         except (ChunkMissing, ChunkCorrupt) as exc:
-            problem = self.disk_problem()
+            # Ask the disk itself too: it may have vanished since the last periodic check,
+            # and a missing disk must never count as lost data.
+            problem = self.disk_problem() or self.store.disk_problem()
             if problem:
                 return wire.Error(wire.ErrorCode.UNAVAILABLE, problem)
             return wire.Error(wire.ErrorCode.MISSING, str(exc))
@@ -167,7 +169,7 @@ class Provider:
             return wire.Error(wire.ErrorCode.BAD_REQUEST, str(exc))
         except (StorageError, OSError) as exc:
             _log.warning("storage_request_failed", error=str(exc))
-            problem = self.disk_problem()
+            problem = self.disk_problem() or self.store.disk_problem()
             if problem:
                 return wire.Error(wire.ErrorCode.UNAVAILABLE, problem)
             return wire.Error(wire.ErrorCode.INTERNAL, str(exc))
@@ -188,6 +190,9 @@ class Provider:
                 self.self_reputation.record(self.node.public_key, outcome, now)
                 return wire.Ok()
             case wire.VoucherMsg(v):
+                problem = self.disk_problem()
+                if problem:
+                    return wire.Error(wire.ErrorCode.UNAVAILABLE, problem)
                 with self.lock:
                     self.ledger.accept(v, now)
                 return wire.Ok()

@@ -30,11 +30,16 @@ ONLINE_WINDOW = 12 * 3600.0
 ONLINE_WINDOWS = 60
 
 
+INITIAL_ALPHA = 1 / (1 - LAMBDA)
+"""A new node starts as if it had passed a full window of audits (as Storj does), so that one
+early bad audit does not disqualify it on the spot."""
+
+
 @dataclass
 class NodeReputation:
-    alpha: float = 1.0
+    alpha: float = INITIAL_ALPHA
     beta: float = 0.0
-    unknown_alpha: float = 1.0
+    unknown_alpha: float = INITIAL_ALPHA
     unknown_beta: float = 0.0
     windows: deque[tuple[int, int, int]] = field(default_factory=deque)
     """(window number, audits reaching the node, audits attempted)."""

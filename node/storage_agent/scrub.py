@@ -68,6 +68,8 @@ def scrub_batch(
             data = None
         except (StorageError, OSError):
             continue
+        if data is None and provider.store.disk_problem():
+            break  # the disk went away under us: that is not damage
         damaged = data is None or chunk_id(data) != cid
         stats.scrubbed += 1
         stats.bytes += len(data or b"")

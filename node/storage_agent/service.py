@@ -23,6 +23,7 @@ from node.config import parse_hostport
 from node.limits import Restriction
 from node.storage_agent import index, scrub, wire
 from node.storage_agent.contracts import UNITS_PER_BCT
+from node.storage_agent.errors import StorageError
 from node.storage_agent.ledger import Ledger
 from node.storage_agent.network import (
     Dialer,
@@ -36,7 +37,7 @@ from node.storage_agent.network import (
 from node.storage_agent.placer import Placer, PlacerSettings
 from node.storage_agent.provider import Capacity, Provider
 from node.storage_agent.reputation import THRESHOLDS
-from node.storage_agent.store import ChunkStore, DiskProblem
+from node.storage_agent.store import VERIFY_FILE, ChunkStore, DiskProblem
 
 if TYPE_CHECKING:
     from node.agent import AgentContext
@@ -85,6 +86,8 @@ class StorageService:
         self._tcp: TcpServer | None = None
         self._dialer: Dialer = TcpDialer()
         self._peers: dict[tuple[str, int], Peer] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._repair_now = asyncio.Event()
         self.placer = Placer(
             ident=ctx.identity,
             dialer=self,
@@ -92,6 +95,7 @@ class StorageService:
             files_dir=self.store.files,
             tmp_dir=self.store.tmp,
             events=ctx.events,
+            refresh=self.refresh_peers,
             settings=PlacerSettings(
                 k=cfg.erasure_k,
                 n=max(cfg.erasure_n, cfg.erasure_k),
@@ -117,10 +121,9 @@ class StorageService:
             return f"node is degraded ({self.degraded_reason}); uploads refused"
         if self.paused:
             return "the owner paused storage; uploads refused"
-        if self.rebuilding:
-            return "the storage index is being rebuilt; uploads refused until it is done"
         if self.ctx.limits.refuse_uploads:
-            return "uploads refused: " + ", ".join(self.ctx.limits.why("refuse_uploads"))
+            why = ", ".join(self.ctx.limits.why("refuse_uploads"))
+            return f"uploads refused by this box's work limits ({why}); see its dashboard events"
         return None
 
     def _set_degraded(self, reason: str | None) -> None:
@@ -142,8 +145,11 @@ class StorageService:
     def _open_store(self) -> None:
         chunks, _ = index.totals(self.ctx.db)
         known = chunks > 0 or index.get_meta(self.ctx.db, "store_initialised") is not None
+        fresh = not (self.store.root / VERIFY_FILE).exists()
         self.store.initialise(expect_existing=known)
         index.set_meta(self.ctx.db, "store_initialised", self.store.node_id)
+        if fresh:
+            index.set_meta(self.ctx.db, index.INDEX_COMPLETE, str(time.time()))
         self.placer.load()
 
     async def _try_open(self) -> bool:
@@ -201,9 +207,19 @@ class StorageService:
         self, address: tuple[str, int], msg: wire.Message, *, peer_key: bytes | None = None,
         timeout: float = 30.0,
     ) -> wire.Message:  # fmt: skip
+        """One exchange with the node at ``address``; this node's own requests stay local."""
+        if address == self.address or (
+            peer_key is not None and peer_key == self.ctx.identity.public_key
+        ):
+            if isinstance(msg, wire.Hello):
+                return self._info()
+            pk = self.ctx.identity.public_key
+            return await asyncio.to_thread(self.provider.handle, msg, pk, time.time())
         return await self._dialer.request(address, msg, peer_key=peer_key, timeout=timeout)
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._repair_now = asyncio.Event()
         loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
             self._disk_loop,
             self._maintenance_loop,
@@ -243,9 +259,12 @@ class StorageService:
             await self.rebuild()
         while True:
             if not (self.ctx.limits.pause_background or self.paused or self.degraded_reason):
-                await asyncio.to_thread(
-                    scrub.collect_garbage, self.provider, time.time(), ORPHAN_GRACE
-                )
+                try:
+                    await asyncio.to_thread(
+                        scrub.collect_garbage, self.provider, time.time(), ORPHAN_GRACE
+                    )
+                except (StorageError, OSError) as exc:
+                    _log.warning("gc_failed", error=str(exc))
             await asyncio.sleep(GC_INTERVAL)
 
     async def rebuild(self) -> dict[str, int]:
@@ -287,10 +306,13 @@ class StorageService:
                 continue
             if self.ctx.limits.pause_background or self.paused:
                 continue
-            await asyncio.to_thread(
-                scrub.scrub_batch, self.provider, max_age, SCRUB_BATCH, self._on_damaged,
-                self.scrub_stats,
-            )  # fmt: skip
+            try:
+                await asyncio.to_thread(
+                    scrub.scrub_batch, self.provider, max_age, SCRUB_BATCH, self._on_damaged,
+                    self.scrub_stats,
+                )  # fmt: skip
+            except (StorageError, OSError) as exc:
+                _log.warning("scrub_failed", error=str(exc))
 
     def _on_damaged(self, cid: bytes) -> None:
         self.ctx.events.emit(
@@ -303,6 +325,8 @@ class StorageService:
             for p in pf.placements:
                 if p.chunk == cid and p.node_key == self.ctx.identity.public_key:
                     p.lost = True
+                    if self._loop is not None:
+                        self._loop.call_soon_threadsafe(self._repair_now.set)
 
     async def _peer_loop(self) -> None:
         began = time.monotonic()
@@ -331,7 +355,7 @@ class StorageService:
 
         async def ask(addr: tuple[str, int]) -> None:
             try:
-                answer = await self.request(addr, wire.Hello(), timeout=5.0)
+                answer = await self.request(addr, wire.Hello(), timeout=8.0)
             except PeerUnreachable:
                 self._peers.pop(addr, None)
                 return
@@ -347,18 +371,29 @@ class StorageService:
         interval = self.ctx.config.storage.audit_interval
         while True:
             await asyncio.sleep(interval)
-            await self.placer.audit_round()
+            await self._guarded("audit round", self.placer.audit_round)
 
     async def _pay_loop(self) -> None:
         interval = self.ctx.config.storage.pay_interval
         while True:
             await asyncio.sleep(interval)
-            await self.placer.pay_round()
+            await self._guarded("voucher round", self.placer.pay_round)
+
+    async def _guarded(self, what: str, step: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run one round of background work; a failure is reported, the loop goes on."""
+        try:
+            await step()
+        except (StorageError, OSError) as exc:
+            _log.warning("storage_round_failed", what=what, error=str(exc))
+            self.ctx.events.emit("warning", "storage", f"{what} failed: {exc}")
 
     async def _repair_loop(self) -> None:
+        interval = min(REPAIR_INTERVAL, self.ctx.config.storage.audit_interval)
         while True:
-            await asyncio.sleep(REPAIR_INTERVAL)
-            await self.placer.repair_round()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._repair_now.wait(), interval)
+            self._repair_now.clear()
+            await self._guarded("repair round", self.placer.repair_round)
 
     # -- owner's controls and dashboard figures --------------------------------------------
 
@@ -430,9 +465,11 @@ class StorageService:
             "address": self.ctx.urls.get("storage"),
             "degraded": self.degraded_reason,
             "rebuilding": self.rebuilding,
+            "uploads_refused": self._refusal(),
             "chunks": chunks,
             "used_bytes": used,
             "peers": len(self._peers),
+            "accepting_peers": sum(p.accepting for p in self._peers.values()),
             "scrubbed": self.scrub_stats.scrubbed,
             "damaged": self.scrub_stats.damaged,
             **self.placer.status(),

@@ -61,7 +61,13 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_durable(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """Write ``data`` to ``path`` atomically and durably (temp + fsync + rename + dir fsync)."""
+    """Write ``data`` to ``path`` atomically and durably (temp + fsync + rename + dir fsync).
+
+    ``tmp_dir`` lives on the data disk: when it is missing the disk is gone, and nothing is
+    written (least of all into the empty mount point it leaves behind).
+    """
+    if not tmp_dir.is_dir():
+        raise DiskProblem(f"{tmp_dir} is missing (data disk unplugged or not mounted?)")
     made = _makedirs(path.parent)
     tmp = tmp_dir / f"{path.name}.{secrets.token_hex(6)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -89,8 +95,9 @@ def write_durable(path: Path, data: bytes, tmp_dir: Path) -> None:
 
 
 def append_durable(path: Path, data: bytes) -> None:
-    """Append ``data`` to ``path`` and fsync it (creating the file durably if needed)."""
-    made = _makedirs(path.parent)
+    """Append ``data`` to ``path`` and fsync it (creating the file, not its directory)."""
+    if not path.parent.is_dir():
+        raise DiskProblem(f"{path.parent} is missing (data disk unplugged or not mounted?)")
     new = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
@@ -100,8 +107,6 @@ def append_durable(path: Path, data: bytes) -> None:
         os.close(fd)
     if new:
         fsync_dir(path.parent)
-    for d in made:
-        fsync_dir(d.parent)
 
 
 def _makedirs(path: Path) -> list[Path]:
@@ -199,8 +204,9 @@ class ChunkStore:
         if expected is not None and cid != expected:
             raise ChunkCorrupt(f"chunk bytes hash to {cid.hex()[:16]}…, not {expected.hex()[:16]}…")
         path = self.path_of(cid)
-        if path.exists() and path.stat().st_size == len(data):
-            return cid
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == len(data) and chunk_id(path.read_bytes()) == cid:
+                return cid
         try:
             write_durable(path, data, self.tmp)
         except OSError as exc:

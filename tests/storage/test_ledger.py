@@ -32,6 +32,7 @@ def voucher(
 
 
 def make(tmp_path: Path) -> Ledger:
+    (tmp_path / "vouchers").mkdir(exist_ok=True)
     return Ledger(state.open_state(tmp_path / "state.db"), ME.node_id, tmp_path / "vouchers")
 
 
