@@ -17,7 +17,7 @@ import re
 import stat
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,7 +299,7 @@ class _Hasher:
         self.i = 0
         self.range_hash = hashlib.sha256()
 
-    def feed(self, chunk: bytes, pos: int) -> None:
+    def feed(self, chunk: bytes | memoryview, pos: int) -> None:
         self.digest.update(chunk)
         view = memoryview(chunk)
         end = pos + len(chunk)
@@ -319,6 +319,35 @@ class _Hasher:
                 )
             self.range_hash = hashlib.sha256()
             self.i += 1
+
+
+def _chunks(image: Path, *, reuse: bool) -> Iterator[bytes | memoryview]:
+    """The image's uncompressed bytes in CHUNK pieces.
+
+    With ``reuse`` (a raw image nobody keeps chunks of) one buffer is read into again and
+    again, as dd does, instead of allocating a fresh 4 MiB object per chunk.
+    """
+    if not reuse:
+        with compress.open_image(image) as reader:
+            yield from compress.iter_chunks(reader)
+        return
+    buf = bytearray(compress.CHUNK)
+    view = memoryview(buf)
+    try:
+        fh = image.open("rb", buffering=0)
+    except OSError as exc:
+        raise FlashError(f"cannot read image {image}: {exc.strerror}") from exc
+    with fh:
+        while True:
+            n = 0
+            while n < len(buf):
+                got = fh.readinto(view[n:])
+                if not got:
+                    break
+                n += got
+            if n == 0:
+                return
+            yield view[:n]
 
 
 def _write(
@@ -342,8 +371,8 @@ def _write(
     pos = 0
     written = 0
     pending: deque[Future[None]] = deque()
-    with compress.open_image(image) as reader, ThreadPoolExecutor(max_workers=1) as pool:
-        for chunk in compress.iter_chunks(reader):
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for chunk in _chunks(image, reuse=hasher is None):
             end = pos + len(chunk)
             if end > size:
                 raise FlashError(f"{image} is larger than the {size} bytes it claims")
