@@ -358,8 +358,14 @@ def _split(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_GO_GATE = False
+
+
 def _ready() -> None:
+    """Say so; a sender then waits for ``go`` on stdin so that competing flows start together."""
     print("ready", flush=True)
+    if _GO_GATE:
+        sys.stdin.readline()
 
 
 def worker_main(argv: list[str]) -> int:
@@ -373,7 +379,10 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--cert", default="")
     parser.add_argument("--key", default="")
     parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--go", action="store_true", help="after 'ready', wait for a line")
     args = parser.parse_args(argv)
+    global _GO_GATE
+    _GO_GATE = args.go
     try:
         result = WORKERS[args.kind](args)
     except NotBuilt as exc:
@@ -430,12 +439,25 @@ def start_flow(top: Topology, peer: str, seconds: float) -> Flow:
     line = _await_line(sink, 20)
     if line != "ready":
         raise RuntimeError(line or f"{peer} receiver did not start")
-    src_args = ["worker", f"{kind}-source", "--connect", bind, "--limit", str(seconds + 30)]
+    src_args = ["worker", f"{kind}-source", "--connect", bind, "--limit", str(seconds + 30),
+                "--go"]  # fmt: skip
     if kind == "tcp":
         src_args += ["--cc", peer]
-    source = top.client.python(*src_args, module="bench.transport", stdout=subprocess.PIPE,
-                               text=True)  # fmt: skip
+    source = top.client.python(*src_args, module="bench.transport", stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    line = _await_line(source, 30)
+    if line != "ready":
+        sink.kill()
+        raise RuntimeError(line or f"{peer} sender did not connect")
     return Flow(peer, sink, source)
+
+
+def go(*flows: Flow) -> None:
+    """Let connected senders start sending, together."""
+    for flow in flows:
+        assert flow.source.stdin is not None
+        flow.source.stdin.write("go\n")
+        flow.source.stdin.flush()
 
 
 def finish_flow(flow: Flow, seconds: float, *, record_cpu: bool = True) -> float | str:
@@ -528,7 +550,9 @@ def goodput(spec: LinkSpec | None, peers: list[str], seconds: float) -> dict[str
             if peer == "bitchat" and not bitchat_available():
                 out[peer] = "n/a (transport not built)"
                 continue
-            out[peer] = finish_flow(start_flow(top, peer, seconds), seconds)
+            flow = start_flow(top, peer, seconds)
+            go(flow)
+            out[peer] = finish_flow(flow, seconds)
             time.sleep(1)  # let the queue drain between peers
     return out
 
@@ -542,6 +566,7 @@ def compete(spec: LinkSpec, peers: list[str], rival: str, seconds: float) -> dic
                 continue
             other = start_flow(top, rival, seconds)
             mine = start_flow(top, peer, seconds)
+            go(mine, other)
             a, b = finish_flow(mine, seconds), finish_flow(other, seconds, record_cpu=False)
             out[peer] = (a, b)
             time.sleep(1)
@@ -589,11 +614,12 @@ def queueing(spec: LinkSpec, peers: list[str], seconds: float) -> dict[str, Any]
                 continue
             idle = statistics.median(pinger.sample(3))
             flow = start_flow(top, peer, seconds)
+            go(flow)
             loaded_samples: list[float] = []
             sampler = threading.Thread(
                 target=lambda out=loaded_samples: out.extend(pinger.sample(seconds - 1))
             )
-            time.sleep(1)  # past the handshake
+            time.sleep(1)  # let the flow ramp up before sampling
             sampler.start()
             rate = finish_flow(flow, seconds)
             sampler.join()
