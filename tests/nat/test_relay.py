@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from lab import Lab
-from node.transport.endpoint import Connection
+from node.transport.endpoint import Connection, Stream
 from node.transport.nat.errors import NatError
 from node.transport.nat.relay import RelayLimits
 from tests.lab.conftest import require_lab
@@ -75,7 +75,13 @@ async def test_relay_limits() -> None:
                     b.endpoint.identity.public_key, b.addresses, b.nat_class, c.relay_conns
                 )
             # past the byte limit the relay cuts the connection
-            stream = await conn.open_stream("echo")
+
+            async def sink(_: Connection, incoming: Stream) -> None:
+                while await incoming.read(65536):
+                    pass
+
+            b.endpoint.set_handler("sink", sink)
+            stream = await conn.open_stream("sink")
             stream.write(b"x" * 50_000)
             stream.write_eof()
             for _ in range(600):
