@@ -362,6 +362,7 @@ def forget(host: str, inventory_path: Path | None) -> None:
     from provisioning.remote import parse_host
 
     spec = parse_host(host, "pi")
-    if not _inventory(inventory_path).forget(spec.id):
-        raise FleetError(f"{spec.id} is not in the inventory")
-    click.echo(f"forgot {spec.id}")
+    if _inventory(inventory_path).forget(spec.id):
+        click.echo(f"forgot {spec.id}")
+    else:
+        click.echo(f"{spec.id} is not in the inventory; nothing to forget")

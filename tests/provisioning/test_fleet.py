@@ -127,6 +127,10 @@ def test_changed_host_key_is_refused(
         main, ["forget", victim.spec, "--inventory", str(tmp_path / "inv.db")]
     )
     assert res_cli.exit_code == 0, res_cli.output
+    again = CliRunner().invoke(
+        main, ["forget", victim.spec, "--inventory", str(tmp_path / "inv.db")]
+    )
+    assert again.exit_code == 0 and "nothing to forget" in again.output
     res = fleet.enroll(inv, _specs([victim]), TOKEN, _opts(operator_key))
     assert res[0].ok and inv.get(victim.id).host_key != pinned  # type: ignore[union-attr]
 
