@@ -6,8 +6,8 @@ loss in both directions. Goodput counts bytes the receiving application got duri
 ``--seconds`` after its first byte. Rows:
 
 - 50 ms RTT, one-BDP queue, 0 / 1 / 3 % loss; 200 ms RTT, one-BDP queue, 5 % loss;
-- competing: the peer's flow and one CUBIC (then one BBR) flow started together on the 50 ms,
-  one-BDP link, no random loss: the two goodputs;
+- competing: the peer's flow and one CUBIC (then one BBR) flow on the 50 ms, one-BDP link, no
+  random loss: both connect first, then start sending together; the two goodputs;
 - queueing delay: 50 ms RTT with a 4-BDP queue: RTT p50 of 10 probes/s, idle and under load;
 - loopback (no emulator, ``lo`` of one namespace): CPU-bound goodput;
 - the RSS of a process holding 1,000 idle sessions of our transport (loopback).
@@ -675,7 +675,7 @@ def _fmt(value: Any) -> str:
         return " / ".join(_fmt(v) for v in value)
     if isinstance(value, tuple) and len(value) == 3:
         idle, loaded, rate = value
-        return f"{idle:.1f} → {loaded:.1f} ms (+{loaded - idle:.1f}) at {_fmt(rate)}"
+        return f"{idle:.1f} → {loaded:.1f} ms ({loaded - idle:+.1f}) at {_fmt(rate)}"
     return str(value)
 
 
