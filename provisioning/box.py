@@ -239,7 +239,22 @@ def health(cfg: dict[str, str], version: str, timeout: float) -> str:
 
 
 def _node_id(cfg: dict[str, str]) -> str | None:
-    release = Path(cfg["BITCHAT_PREFIX"]) / "current"
+    """The node id of the identity in the data dir (None without one).
+
+    Deriving it takes a second Python with the agent's code; the answer is cached in
+    PREFIX/.node_id, keyed by the identity file's inode, size and mtime.
+    """
+    key = Path(cfg["BITCHAT_DATA_DIR"]) / "identity.key"
+    try:
+        st = key.stat()
+    except OSError:
+        return None
+    stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    cache = Path(cfg["BITCHAT_PREFIX"]) / ".node_id"
+    with contextlib.suppress(OSError, ValueError):
+        cached_stamp, cached_id = cache.read_text().split()
+        if cached_stamp == stamp:
+            return cached_id
     code = (
         "import sys; from pathlib import Path; from node import identity;"
         "print(identity.load(Path(sys.argv[1]) / identity.KEY_FILE, check_mode=False)"
@@ -249,9 +264,16 @@ def _node_id(cfg: dict[str, str]) -> str | None:
         [_python(cfg), "-P", "-c", code, cfg["BITCHAT_DATA_DIR"]],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(release)},
+        env={**os.environ, "PYTHONPATH": str(Path(cfg["BITCHAT_PREFIX"]) / "current")},
     )
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    if proc.returncode != 0:
+        return None
+    node_id = proc.stdout.strip()
+    with contextlib.suppress(OSError):
+        tmp = cache.with_name(".node_id.tmp")
+        tmp.write_text(f"{stamp} {node_id}\n")
+        tmp.replace(cache)
+    return node_id
 
 
 def facts(cfg: dict[str, str]) -> dict[str, Any]:

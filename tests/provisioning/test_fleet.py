@@ -135,6 +135,33 @@ def test_changed_host_key_is_refused(
     assert res[0].ok and inv.get(victim.id).host_key != pinned  # type: ignore[union-attr]
 
 
+def test_reinitialised_box_is_reported(
+    tmp_path: Path, boxes: list[FakeBox], operator_key: Path
+) -> None:
+    inv = Inventory(tmp_path / "inv.db")
+    assert all(r.ok for r in fleet.enroll(inv, _specs(boxes), TOKEN, _opts(operator_key)))
+    box = boxes[1]
+    old = _node_id(box)
+    box.stop_agent()
+    try:
+        rows = {r.host: r for r in fleet.status(inv, _opts(operator_key))}
+        assert rows[box.id].data["node_id"] == old  # cached id, agent down
+        (box.data_dir / identity.KEY_FILE).unlink()
+        subprocess.run(
+            [str(box.prefix / "bin" / "bitchat-node"), "init"],
+            env=box.env,
+            check=True,
+            capture_output=True,
+        )
+        new = _node_id(box)
+        rows = {r.host: r for r in fleet.status(inv, _opts(operator_key))}
+        assert not rows[box.id].ok
+        assert f"node id is now {new}, enrolled as {old}" in rows[box.id].message
+    finally:
+        box.box("activate", "0.1.0")
+        box.box("health", "0.1.0", "30")
+
+
 def test_upgrade_rejects_a_non_wheel(tmp_path: Path) -> None:
     junk = tmp_path / "agent.tar.gz"
     junk.write_bytes(b"x")
