@@ -94,6 +94,7 @@ def frame(data: bytes) -> bytes:
 class _Relayed:
     started: float
     bytes: int = 0
+    cut: bool = False
 
 
 @dataclass
@@ -166,7 +167,9 @@ class RelayServer:
                 state.bytes += len(data)
                 self.counters["relayed_bytes"] += len(data)
                 if state.bytes > self.limits.max_bytes:
-                    self.counters["cut_bytes"] += 1
+                    if not state.cut:
+                        state.cut = True
+                        self.counters["cut_bytes"] += 1
                     raise RelayError("relayed connection reached its byte limit")
                 dst.write(frame(data))
                 await dst.drain()

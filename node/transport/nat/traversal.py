@@ -145,7 +145,7 @@ class Traversal:
                 errors.append(f"relay {relay.peer_id.hex()[:12]}: {exc}")
                 continue
             self.counters["relayed"] += 1
-            self._watch(conn, shim, target, relays)
+            self._watch(conn, shim, target, relays, relay.peer_id)
             if upgrade:
                 task = asyncio.create_task(self.upgrade(conn))
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -153,23 +153,28 @@ class Traversal:
         raise NatError("cannot reach peer: " + "; ".join(errors or ["no address and no relay"]))
 
     def _watch(
-        self, conn: Connection, shim: Address, target: bytes, relays: list[Connection]
+        self,
+        conn: Connection,
+        shim: Address,
+        target: bytes,
+        relays: list[Connection],
+        relay_id: bytes,
     ) -> None:
-        """When the relayed path dies while the session still uses it, move to another relay."""
+        """When the relayed path dies while the session still uses it, move to another relay
+        (never back to the one that dropped it: it may have cut us for a limit)."""
         task = self.relays.shims.get(shim)
         if task is None:
             return
 
         def died(_: object) -> None:
             if not conn.is_closed and conn.remote_address == shim:
-                spawned = asyncio.ensure_future(self._replace(conn, shim, target, relays))
+                others = [r for r in relays if r.peer_id != relay_id]
+                spawned = asyncio.ensure_future(self._replace(conn, target, others))
                 spawned.add_done_callback(lambda t: t.cancelled() or t.exception())
 
         task.add_done_callback(died)
 
-    async def _replace(
-        self, conn: Connection, dead: Address, target: bytes, relays: list[Connection]
-    ) -> None:
+    async def _replace(self, conn: Connection, target: bytes, relays: list[Connection]) -> None:
         for relay in relays:
             if relay.is_closed:
                 continue
@@ -181,7 +186,7 @@ class Traversal:
             conn.migrate(shim)
             self.counters["relay_replaced"] += 1
             _log.info("relay_replaced", peer=conn.peer_id.hex()[:16])
-            self._watch(conn, shim, target, relays)
+            self._watch(conn, shim, target, relays, relay.peer_id)
             return
         _log.warning("relay_lost", peer=conn.peer_id.hex()[:16])
 
