@@ -44,6 +44,7 @@ class LookupStats:
     succeeded: int
     hops: list[int]
     latencies: list[float]
+    queried: list[int]
 
     @property
     def success_rate(self) -> float:
@@ -60,6 +61,7 @@ class LookupStats:
             "hops_p95": pct([float(h) for h in self.hops], 0.95),
             "latency_p50": pct(self.latencies, 0.5),
             "latency_p95": pct(self.latencies, 0.95),
+            "queried_mean": statistics.fmean(self.queried) if self.queried else 0.0,
         }
 
 
@@ -212,14 +214,17 @@ class Swarm:
         ok = 0
         hops: list[int] = []
         latencies: list[float] = []
+        queried: list[int] = []
         for _ in range(count):
             src, dst = self.rng.sample(live, 2)
             done, took = self.lookup(src, dst.node_id)
+            if done is not None:
+                queried.append(done.queried)
             if done is not None and done.nodes and done.nodes[0].node_id == dst.node_id:
                 ok += 1
                 hops.append(done.hops)
                 latencies.append(took)
-        return LookupStats(count, ok, hops, latencies)
+        return LookupStats(count, ok, hops, latencies, queried)
 
     def record_of(self, index: int) -> NodeRecord:
         return self.nodes[index].core.record
