@@ -9,7 +9,8 @@ told apart (dependent is then reported as address-and-port-dependent, the safe a
 
 Filtering (section 4.4): ask for an answer from the alternate IP and port (CHANGE-REQUEST);
 an answer means endpoint-independent filtering; else ask for one from the alternate port only:
-an answer means address-dependent, none address-and-port-dependent.
+an answer means address-dependent, none address-and-port-dependent. These run before the
+mapping tests II and III, which send to the alternate IP and would open an address filter.
 
 The classic names follow: no mapping is ``public`` (``firewalled`` when filtering is not
 endpoint-independent), endpoint-independent mapping with the three filterings is full cone,
@@ -199,6 +200,14 @@ async def _discover_rfc5780(
     other: Address,
     local_ips: frozenset[str],
 ) -> NatReport:
+    # filtering first: once we sent to the alternate IP (mapping tests), an address-dependent
+    # filter would let its answers in and look endpoint-independent
+    if await _probe(agent, server, stun.CHANGE_IP | stun.CHANGE_PORT) is not None:
+        filtering = Filtering.ENDPOINT_INDEPENDENT
+    elif await _probe(agent, server, stun.CHANGE_PORT) is not None:
+        filtering = Filtering.ADDRESS_DEPENDENT
+    else:
+        filtering = Filtering.ADDRESS_AND_PORT_DEPENDENT
     second = await _probe(agent, (other[0], server[1]))
     if second is None:
         raise NatError(f"STUN server's alternate address {other[0]}:{server[1]} did not answer")
@@ -210,12 +219,6 @@ async def _discover_rfc5780(
     mapping = classify_mapping(
         agent.local, first.mapped, second.mapped, third.mapped if third else None, local_ips
     )
-    if await _probe(agent, server, stun.CHANGE_IP | stun.CHANGE_PORT) is not None:
-        filtering = Filtering.ENDPOINT_INDEPENDENT
-    elif await _probe(agent, server, stun.CHANGE_PORT) is not None:
-        filtering = Filtering.ADDRESS_DEPENDENT
-    else:
-        filtering = Filtering.ADDRESS_AND_PORT_DEPENDENT
     return NatReport(
         mapping, filtering, nat_class(mapping, filtering), first.mapped, agent.local, "rfc5780"
     )

@@ -62,7 +62,7 @@ def decode_offer(data: bytes) -> tuple[str, str, list[Address]]:
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"bad candidate {text!r}")
             candidates.append((host.strip("[]"), int(port)))
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise NatError(f"malformed punch offer: {exc}") from None
     return ufrag, pwd, candidates
 
