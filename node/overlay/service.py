@@ -342,6 +342,17 @@ class OverlayService:
         done = await self._wait(core.find_providers(key, self._now()))
         return done.providers
 
+    def storage_peers(self) -> list[tuple[str, int]]:
+        """First address of every node in the routing table (the storage service's peer list)."""
+        out = []
+        for rec in self.core.table.all_records() if self.core is not None else []:
+            for text in rec.addresses[:1]:
+                try:
+                    out.append(parse_hostport(text))
+                except ValueError:
+                    continue
+        return out
+
     def status(self) -> dict[str, Any]:
         if self.core is None:
             return {"state": "stopped"}

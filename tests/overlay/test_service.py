@@ -75,6 +75,8 @@ async def test_join_provide_and_find_providers(swarm: list[AgentContext]) -> Non
     target = swarm[4].identity.node_id
     record = await overlay(swarm[2]).find_node(target)
     assert record is not None and record.public_key == swarm[4].identity.public_key
+    peers = overlay(swarm[0]).storage_peers()
+    assert swarm[1].urls["listen"] in {f"{h}:{p}" for h, p in peers}
     status = overlay(swarm[0]).status()
     assert status["contacts"] >= 4 and status["rejected"] == 0
 
