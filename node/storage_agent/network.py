@@ -25,6 +25,8 @@ IDLE_TIMEOUT = 900.0
 """Seconds a serving stream may wait for the next request."""
 STREAM_REUSE = 600.0
 STREAM_POOL = 8
+RECYCLE_AFTER_STREAMS = 96
+"""Streams opened on one connection before it is replaced by a fresh one."""
 
 
 class PeerUnreachable(StorageError):
@@ -151,26 +153,63 @@ class EndpointDialer:
         self.endpoint = endpoint
         self._conns: dict[tuple[str, int], Any] = {}
         self._idle: dict[tuple[str, int], list[tuple[float, Any]]] = {}
+        self._opened: dict[tuple[str, int], int] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._inflight: dict[int, int] = {}
+        self._retired: dict[int, Any] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def _connection(
         self, address: tuple[str, int], peer_key: bytes | None, timeout: float
     ) -> Any:
-        conn = self._conns.get(address)
-        if conn is not None and getattr(conn, "is_closed", False):
-            self._forget(address)
-            conn = None
-        if conn is None:
-            conn = await self.endpoint.connect(
-                address, peer_public_key=peer_key, timeout=max(1.0, timeout * 0.8)
-            )
-            self._conns[address] = conn
-        return conn
+        # One handshake per peer at a time: concurrent requests share its connection.
+        async with self._locks.setdefault(address, asyncio.Lock()):
+            conn = self._conns.get(address)
+            if conn is not None and getattr(conn, "is_closed", False):
+                self._forget(address)
+                conn = None
+            if conn is None:
+                conn = await self.endpoint.connect(
+                    address, peer_public_key=peer_key, timeout=max(1.0, timeout * 0.8)
+                )
+                self._conns[address] = conn
+            return conn
 
-    def _forget(self, address: tuple[str, int]) -> None:
-        self._conns.pop(address, None)
+    def _forget(self, address: tuple[str, int], *, now: bool = True) -> None:
+        """Stop using the connection to ``address``; a fresh one gets fresh stream credit.
+
+        With ``now`` (after an error) it is closed at once; otherwise (recycling) it is closed
+        when its last request in flight is done.
+        """
+        conn = self._conns.pop(address, None)
+        self._opened.pop(address, None)
         for _, stream in self._idle.pop(address, []):
             with contextlib.suppress(Exception):
                 stream.close()
+        if conn is None:
+            return
+        if now or not self._inflight.get(id(conn)):
+            self._close_soon(conn)
+        else:
+            self._retired[id(conn)] = conn
+
+    def _close_soon(self, conn: Any) -> None:
+        self._inflight.pop(id(conn), None)
+        self._retired.pop(id(conn), None)
+        task = asyncio.get_running_loop().create_task(self._close(conn))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _done(self, conn: Any) -> None:
+        left = self._inflight.get(id(conn), 1) - 1
+        self._inflight[id(conn)] = left
+        if left <= 0 and id(conn) in self._retired:
+            self._close_soon(conn)
+
+    @staticmethod
+    async def _close(conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            await conn.close()
 
     def _take_idle(self, address: tuple[str, int]) -> Any | None:
         pool = self._idle.get(address, [])
@@ -195,6 +234,43 @@ class EndpointDialer:
         await wire.write_message(stream, msg)
         return await wire.read_message(stream)
 
+    async def _request_on(
+        self, conn: Any, address: tuple[str, int], msg: wire.Message, peer_key: bytes | None,
+        timeout: float,
+    ) -> wire.Message:  # fmt: skip
+        answer = None
+        stream = self._take_idle(address)
+        if stream is not None:
+            try:
+                answer = await self._exchange(stream, msg)
+            except (OSError, StorageError, ConnectionError):
+                answer = None
+            except Exception:
+                # A reused stream the peer dropped: the transport's own error root.
+                answer = None
+            if answer is None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+        if answer is None:
+            self._opened[address] = self._opened.get(address, 0) + 1
+            stream = await conn.open_stream(wire.PROTOCOL)
+            try:
+                answer = await self._exchange(stream, msg)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    stream.close()
+                raise
+        if answer is None:
+            if stream is not None:
+                stream.close()
+            raise PeerUnreachable(f"{address[0]}:{address[1]} closed the stream without answer")
+        assert stream is not None
+        if self._conns.get(address) is conn:
+            self._give_back(address, stream)
+        else:
+            stream.close()
+        return answer
+
     async def request(
         self, address: tuple[str, int], msg: wire.Message, *, peer_key: bytes | None = None,
         timeout: float = REQUEST_TIMEOUT,
@@ -202,35 +278,16 @@ class EndpointDialer:
         try:
             async with asyncio.timeout(timeout):
                 conn = await self._connection(address, peer_key, timeout)
-                answer = None
-                stream = self._take_idle(address)
-                if stream is not None:
-                    try:
-                        answer = await self._exchange(stream, msg)
-                    except (OSError, StorageError, ConnectionError):
-                        answer = None
-                    except Exception:
-                        # A reused stream the peer dropped: the transport's own error root.
-                        answer = None
-                    if answer is None:
-                        with contextlib.suppress(Exception):
-                            stream.close()
-                if answer is None:
-                    stream = await conn.open_stream(wire.PROTOCOL)
-                    try:
-                        answer = await self._exchange(stream, msg)
-                    except BaseException:
-                        with contextlib.suppress(Exception):
-                            stream.close()
-                        raise
-                if answer is None:
-                    if stream is not None:
-                        stream.close()
-                    raise PeerUnreachable(
-                        f"{address[0]}:{address[1]} closed the stream without answer"
-                    )
-                self._give_back(address, stream)
-                return answer
+                if self._opened.get(address, 0) >= RECYCLE_AFTER_STREAMS:
+                    # A new connection before this one runs out of stream credit; the old one
+                    # closes when its requests in flight are done.
+                    self._forget(address, now=False)
+                    conn = await self._connection(address, peer_key, timeout)
+                self._inflight[id(conn)] = self._inflight.get(id(conn), 0) + 1
+                try:
+                    return await self._request_on(conn, address, msg, peer_key, timeout)
+                finally:
+                    self._done(conn)
         except TimeoutError:
             self._forget(address)
             raise PeerUnreachable(f"{address[0]}:{address[1]} did not answer in time") from None
