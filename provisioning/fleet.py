@@ -171,15 +171,12 @@ def _summary(facts: dict[str, Any]) -> dict[str, Any]:
     status = doc("/api/status")
     earnings = api.get("/api/earnings")
     total = None
-    if isinstance(earnings, dict):
-        for key in ("total", "total_earned", "balance", "earned"):
-            if isinstance(earnings.get(key), int | float | str):
-                total = earnings[key]
-                break
+    if isinstance(earnings, dict) and isinstance(earnings.get("all_time"), int | float):
+        total = earnings["all_time"]
     hardware = doc("/api/hardware")
     temp = facts.get("temperature_c")
-    if temp is None and isinstance(hardware.get("temperature_c"), int | float):
-        temp = hardware["temperature_c"]
+    if temp is None and isinstance(hardware.get("cpu_temp_c"), int | float):
+        temp = hardware["cpu_temp_c"]
     disk = facts.get("disk") or {}
     return {
         "agent": "running" if status else "not running",

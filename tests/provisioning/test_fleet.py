@@ -245,3 +245,17 @@ def test_rolling_upgrade_rolls_back_a_failing_box(
     rows = fleet.status(inv, _opts(operator_key))
     assert {r.data["version"] for r in rows} == {"0.2.0"}
     assert {inv.get(b.id).version for b in boxes} == {"0.2.0"}  # type: ignore[union-attr]
+
+
+def test_status_row_reads_the_dashboards_earnings_and_temperature() -> None:
+    row = fleet._summary(
+        {
+            "api": {
+                "/api/status": {"node_id": "n", "version": "0.1.0"},
+                "/api/earnings": {"available": True, "all_time": 12.5, "today": 1.0},
+                "/api/hardware": {"available": True, "cpu_temp_c": 61.2},
+            }
+        }
+    )
+    assert row["earnings"] == 12.5
+    assert row["temperature_c"] == 61.2
