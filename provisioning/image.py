@@ -409,8 +409,11 @@ def root_files(recipe: Recipe, wheelhouse: Path, version: str) -> dict[str, _Fil
     files: dict[str, _File] = {}
     box_src = Path(__file__).with_name("box.py").read_bytes()
     files[f"{PREFIX}/bin/bitchat-box"] = _File(box_src, 0o755)
-    for wheel in sorted(wheelhouse.glob("*.whl")):
-        files[f"{PREFIX}/wheelhouse/{wheel.name}"] = _File(wheel.read_bytes())
+    # Wheels, and source distributions of dependencies without an aarch64 wheel (built on
+    # first boot).
+    dists = [p for p in wheelhouse.iterdir() if p.name.endswith((".whl", ".tar.gz", ".zip"))]
+    for dist in sorted(dists):
+        files[f"{PREFIX}/wheelhouse/{dist.name}"] = _File(dist.read_bytes())
     files[f"{ETC}/box.env"] = _File(
         _env_file(
             {

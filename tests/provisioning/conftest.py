@@ -15,9 +15,11 @@ from tests.support import require_binary
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small local wheelhouse: this project's wheel, version 0.1.0."""
+    """A small local wheelhouse: this project's wheel, version 0.1.0, and the source of a
+    dependency with no aarch64 wheel (as zfec), which the box builds on first boot."""
     path = tmp_path_factory.mktemp("wheelhouse")
     make_wheel("0.1.0", path)
+    (path / "zfec-1.6.0.0.tar.gz").write_bytes(b"\x1f\x8b sdist stand-in bytes")
     return path
 
 
