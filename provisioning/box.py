@@ -372,7 +372,18 @@ def set_hostname(pattern: str) -> str:
             _run(["hostnamectl", "set-hostname", name])
         else:
             Path("/etc/hostname").write_text(name + "\n")
+        set_hosts_entry(name)
     return name
+
+
+def set_hosts_entry(name: str, hosts: Path = Path("/etc/hosts")) -> None:
+    """Point 127.0.1.1 at the new name, as raspi-config does, so the box resolves itself."""
+    try:
+        lines = hosts.read_text().splitlines()
+    except OSError:
+        lines = ["127.0.0.1\tlocalhost"]
+    kept = [line for line in lines if not line.startswith("127.0.1.1")]
+    hosts.write_text("\n".join([*kept, f"127.0.1.1\t{name}"]) + "\n")
 
 
 def main(argv: list[str]) -> int:
