@@ -28,7 +28,11 @@ SEEDED_DAYS = 12
 
 # Element id -> path in the section document whose value it shows (data-value).
 FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "status": {"status-version": ("version",), "status-node-id": ("node_id",)},
+    "status": {
+        "status-version": ("version",),
+        "status-node-id": ("node_id",),
+        "status-relays": ("services", "relays", "online"),
+    },
     "earnings": {
         "earn-today": ("today",),
         "earn-month": ("month",),

@@ -95,6 +95,9 @@ const render = {
     put("status-limits", active.length ? `${active.map(([k, v]) => (v === true ? k : `${k} ${v}`)).join(", ")} (${(lim.reasons || []).join(", ")})` : "none");
     const web = (st.services || {}).web || {};
     put("status-mdns", web.mdns);
+    const rel = (st.services || {}).relays;
+    put("status-relays", rel ? rel.online : undefined,
+      rel ? `${rel.online} of ${rel.enrolled} online${rel.error ? ` (${rel.error})` : ""}` : "no relay service");
     const err = $("error");
     err.hidden = !st.error;
     if (st.error) err.textContent = st.error;
