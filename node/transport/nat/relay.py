@@ -196,7 +196,10 @@ class _Shim(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if (addr[0], addr[1]) == self.endpoint_addr and len(data) <= MAX_FRAME:
-            self.pipe.write(frame(data))
+            try:
+                self.pipe.write(frame(data))
+            except Exception as exc:  # the relayed stream is gone: the pump task ends too
+                _log.debug("relayed_frame_dropped", error=str(exc))
 
 
 SocketFactory = Callable[[], socket.socket]
