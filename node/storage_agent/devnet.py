@@ -9,6 +9,8 @@ them), downloads and checks them, and lets audits and vouchers run.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import random
 import re
@@ -26,6 +28,7 @@ from node.storage_agent.errors import StorageError
 from node.storage_agent.transfer import get_file, put_file
 
 READY_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 DEVNET_STORAGE = """
 [storage]
 price_per_gib_month = 100000000.0
@@ -52,6 +55,17 @@ def free_port(host: str = "127.0.0.1") -> int:
                     continue
             return port
     raise StorageError("no free port pair found on loopback")
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the devnet process dies, however it dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _sigterm_as_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @dataclass
@@ -122,6 +136,7 @@ class Devnet:
                 stdout=out,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         if wait:
             self._wait_ready(node)
@@ -177,6 +192,9 @@ class Devnet:
                     node.process.wait()
 
     def __enter__(self) -> Devnet:
+        # SIGTERM stops the devnet like Ctrl-C does: the agents are stopped on the way out.
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, _sigterm_as_exit)
         try:
             self.start()
         except BaseException:

@@ -96,6 +96,8 @@ class Channel:
     egress: int = 0
     relay: int = 0
     sent_seq: int = 0
+    sent_total: int = 0
+    """Sum of the amounts in the last voucher the payee acknowledged."""
     address: tuple[str, int] | None = None
 
 
@@ -157,7 +159,8 @@ class Placer:
         doc = {
             k.hex(): {
                 "seq": c.seq, "storage": c.storage, "egress": c.egress, "relay": c.relay,
-                "sent_seq": c.sent_seq, "address": list(c.address) if c.address else None,
+                "sent_seq": c.sent_seq, "sent_total": c.sent_total,
+                "address": list(c.address) if c.address else None,
             }
             for k, c in self.channels.items()
         }  # fmt: skip
@@ -461,7 +464,7 @@ class Placer:
         for key, ch in self.channels.items():
             if ch.address is None:
                 continue
-            if ch.seq == ch.sent_seq and ch.seq != 0:
+            if ch.storage + ch.egress + ch.relay <= ch.sent_total:
                 continue
             ch.seq += 1
             due.append((key, ch))
@@ -481,7 +484,8 @@ class Placer:
             except PeerUnreachable:
                 continue
             if isinstance(answer, wire.Ok):
-                ch.sent_seq = ch.seq
+                ch.sent_seq = max(ch.sent_seq, v.seq)
+                ch.sent_total = max(ch.sent_total, v.total)
                 sent += 1
         self.stats["vouchers"] += sent
         await self._persist(None)

@@ -66,7 +66,7 @@ def test_put_get_audit_pay_and_rebuild_after_corrupt_state_db(
         assert res.returncode == 0, res.stderr
         assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
         wait_for("an audit", lambda: status(agent)["audits"] >= 4)
-        wait_for("a voucher", lambda: status(agent)["vouchers"] >= 1)
+        wait_for("vouchers as audits go on", lambda: status(agent)["vouchers"] >= 3)
         before = status(agent)
         earned = fetch_json(agent.web.rstrip("/") + "/api/status")
         assert before["audit_failures"] == 0
