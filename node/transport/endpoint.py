@@ -578,7 +578,7 @@ class Endpoint:
         if isinstance(ev, HandshakeCompleted):
             if conn is None:
                 conn = self._conns[core.local_cid] = Connection(self, core)
-                _log.info(
+                _log.debug(
                     "session_accepted",
                     peer=conn.peer_id.hex()[:16],
                     address=f"{core.remote_address[0]}:{core.remote_address[1]}",

@@ -45,6 +45,8 @@ MAX_ROUND_SAMPLES = 512
 SATURATION_ROUNDS = 4  # rounds held in saturation before probing again
 PACING_GAIN_STARTUP = 2.0
 PACING_GAIN = 1.2
+COMPETE_AFTER = 3  # cuts in a row that did not shorten the queue
+RELIEF_ROUNDS = 3  # rounds after a cut at which the queue is compared
 QUIET_ROUNDS = 2  # rounds without a queue before probing speeds up
 PROBE_BOOST = 8  # ... to this fraction of the window per round
 BURST_LOSS_MARGIN = 0.05  # a round's loss rate this far above the usual one is congestion
@@ -81,6 +83,12 @@ class Tolerant(CongestionControl):
         self._rounds_saturated = 0
         self._high_rounds = 0
         self._quiet_rounds = 0
+        self.competing = False
+        self._ineffective_cuts = 0
+        self._calm_rounds = 0
+        self._rtt_at_cut = 0.0
+        self._rounds_since_cut = 0
+        self._last_round_rtt = 0.0
         self._last_cut = float("-inf")
         # bandwidth sampling
         self._bw_start = -1.0
@@ -133,7 +141,7 @@ class Tolerant(CongestionControl):
             # Reno congestion avoidance: one datagram per window acknowledged; after
             # rounds with no queue at all, 1/PROBE_BOOST of the window per round instead
             step = self.max_datagram_size
-            if self._quiet_rounds >= QUIET_ROUNDS:
+            if self._quiet_rounds >= QUIET_ROUNDS or self.competing:
                 step = max(step, self.congestion_window // PROBE_BOOST)
             self.congestion_window += max(1, step * acked_bytes // self.congestion_window)
 
@@ -185,7 +193,11 @@ class Tolerant(CongestionControl):
             self.diff = self.congestion_window * (1.0 - self.min_rtt / rtt)
         bdp = self.bdp
         high = False
-        if bdp > 0:
+        self._check_competition(rtt)
+        if bdp > 0 and self.competing:
+            # another flow keeps the queue full: only losses say anything now
+            self.phase = Phase.PROBING
+        elif bdp > 0:
             high = self.diff > self._beta()
             # a queue must show in two rounds in a row (or be twice the limit) before it
             # counts: one slow round is scheduling noise more often than a real queue
@@ -214,11 +226,45 @@ class Tolerant(CongestionControl):
         self._round_acked = 0
         self._round_lost = 0
 
+    def _check_competition(self, rtt: float) -> None:
+        """Notice when our own back-off does not shorten the queue: it is not ours.
+
+        A delay-based flow yields to a loss-based one that keeps the queue full; after
+        COMPETE_AFTER cuts in a row that left the round RTT where it was, the controller
+        stops reading the queue as its own and backs off on loss only (like Reno), until a
+        round shows the queue gone again.
+        """
+        if rtt <= 0:
+            return
+        if self.competing:
+            if self.diff < self._alpha():
+                self._calm_rounds += 1
+                if self._calm_rounds >= 2:
+                    self.competing = False
+                    self._ineffective_cuts = 0
+            else:
+                self._calm_rounds = 0
+            return
+        if self._rtt_at_cut > 0:
+            self._rounds_since_cut += 1
+        if self._rtt_at_cut > 0 and self._rounds_since_cut >= RELIEF_ROUNDS:
+            # a queue of our own drains within a round or two of the cut
+            relieved = rtt < self._rtt_at_cut - (self._rtt_at_cut - self.min_rtt) / 4
+            self._ineffective_cuts = 0 if relieved else self._ineffective_cuts + 1
+            self._rtt_at_cut = 0.0
+            if self._ineffective_cuts >= COMPETE_AFTER:
+                self.competing = True
+                self._calm_rounds = 0
+        self._last_round_rtt = rtt
+
     def _cut(self, now: float, *, to_bdp: bool) -> None:
         """Back off at most once per round trip."""
         if now - self._last_cut < max(self.smoothed_rtt, self.min_rtt):
             return
         self._last_cut = now
+        if self._rtt_at_cut == 0.0:
+            self._rtt_at_cut = self._last_round_rtt
+            self._rounds_since_cut = 0
         self.congestion_events += 1
         if to_bdp and self.bdp > 0:
             # drain what this flow keeps queued, but not below the Westwood estimate
@@ -238,7 +284,9 @@ class Tolerant(CongestionControl):
     ) -> None:
         self._round_lost += lost_bytes
         self._sample_lost_bytes += lost_bytes
-        if self.diff > self._beta() and newest_sent_time > self._last_cut:
+        if self.competing and newest_sent_time > self._last_cut:
+            self._cut(now, to_bdp=False)
+        elif self.diff > self._beta() and newest_sent_time > self._last_cut:
             self._cut(now, to_bdp=True)
         else:
             self.random_losses += 1
@@ -274,4 +322,5 @@ class Tolerant(CongestionControl):
             "min_rtt_ms": round(self.min_rtt * 1000, 2),
             "loss_rate": round(self.loss_rate, 4),
             "congestion_events": self.congestion_events,
+            "competing": self.competing,
         }
