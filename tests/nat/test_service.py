@@ -70,3 +70,40 @@ async def test_standard_stun_client_learns_address_from_node_port(tmp_path: Path
         await a.services["transport"].endpoint.close()  # type: ignore[attr-defined]
     text = out.decode(errors="replace")
     assert re.search(r"UDP reflexive addr: 127\.0\.0\.5:\d+", text), text
+
+
+async def test_connect_record_through_a_relay_then_upgraded(tmp_path: Path) -> None:
+    from node.overlay.records import sign_record
+
+    relay = await _node(tmp_path, "relay", [])
+    b = await _node(tmp_path, "b", [])
+    c = await _node(tmp_path, "c", [])
+    b.config = config.override(b.config, "network", bootstrap=[relay.urls["listen"]])
+    try:
+        await nat(b)._reserve_relays()
+        assert nat(b).relay_addresses() == [relay.urls["listen"]]
+        # b's record says it cannot be dialled, so c goes through the relay first
+        record = sign_record(
+            b.identity,
+            addresses=(b.urls["listen"],),
+            nat_class="symmetric",
+            relays=tuple(nat(b).relay_addresses()),
+            seq=1,
+            expires=2_000_000_000,
+        )
+        conn = await nat(c).connect_record(record)
+        assert conn.peer_id == b.identity.node_id
+        traversal = nat(c).traversal
+        assert traversal is not None
+        for _ in range(100):
+            if traversal.counters["punched"] or traversal.counters["punch_failed"]:
+                break
+            await asyncio.sleep(0.1)
+        assert traversal.counters["relayed"] == 1
+        assert traversal.counters["punched"] == 1  # loopback: the punch always finds a path
+        assert nat(c).path_of(conn) == "direct"
+        relay_server = nat(relay).relay_server
+        assert relay_server is not None and relay_server.counters["relayed_bytes"] > 0
+    finally:
+        for ctx in (relay, b, c):
+            await ctx.services["transport"].endpoint.close()  # type: ignore[attr-defined]

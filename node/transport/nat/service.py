@@ -184,8 +184,11 @@ class NatService:
                 out.extend(predicted(report.public_address))
         if self.endpoint is not None:
             host, port = self.endpoint.local_address
-            hosts = [host] if host not in ("0.0.0.0", "::") else sorted(local_ips())
-            out.extend((h, port) for h in hosts if ":" not in h and not h.startswith("127."))
+            if host not in ("0.0.0.0", "::"):
+                out.append((host, port))  # bound to one address (a loopback devnet, say)
+            else:
+                ips = sorted(local_ips())
+                out.extend((h, port) for h in ips if ":" not in h and not h.startswith("127."))
         return list(dict.fromkeys(out))
 
     async def connect_record(self, record: NodeRecord) -> Connection:
