@@ -158,7 +158,8 @@ class EmulatedBox:
             "-netdev", f"user,id=net0,{fwd}", "-device", "virtio-net-pci,netdev=net0,id=nic0",
             "-device", "virtio-rng-pci",  # entropy for first-boot key generation
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-serial", f"file:{self.console_log}", "-monitor", "none",
+            "-chardev", f"file,id=console,path={self.console_log},append=on",
+            "-serial", "chardev:console", "-monitor", "none",
         ]  # fmt: skip
         if self.clock_offset:
             cmd += ["-rtc", f"base={self.clock_offset},clock=vm"]

@@ -57,7 +57,7 @@ mkdir -p "$root/boot/firmware"
 ln -sf /boot/firmware/firstrun.sh "$root/boot/firstrun.sh"
 cat > "$root/etc/fstab" <<'FSTAB'
 /dev/vda2  /               ext4  defaults,noatime  0 1
-/dev/vda1  /boot/firmware  vfat  defaults,nofail,x-systemd.device-timeout=600s  0 2
+/dev/vda1  /boot/firmware  vfat  defaults,x-systemd.device-timeout=600s  0 2
 FSTAB
 mkdir -p "$root/etc/systemd/network"
 printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n' > "$root/etc/systemd/network/20-wired.network"
