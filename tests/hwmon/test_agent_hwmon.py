@@ -57,6 +57,9 @@ def test_agent_caps_bandwidth_when_hot_and_gives_leds_back(data_dir: Path, tmp_p
         set_temp(root, 40000)
         until("the cap lifted", lambda: not get(agent, "api/status")["limits"]["reasons"])
 
+        # A lone agent with no peers yet shows "joining"; identify must give that back.
+        before = get(agent, "api/hardware")["leds"]["pattern"]
+        assert before in ("healthy", "joining")
         token = (data_dir / "admin.token").read_text().strip()
         req = urllib.request.Request(
             agent.web + "api/actions/identify", data=b'{"seconds": 1}', method="POST",
@@ -65,7 +68,7 @@ def test_agent_caps_bandwidth_when_hot_and_gives_leds_back(data_dir: Path, tmp_p
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 202
         assert get(agent, "api/hardware")["leds"]["pattern"] == "identify"
-        until("identify over", lambda: get(agent, "api/hardware")["leds"]["pattern"] == "healthy")
+        until("identify over", lambda: get(agent, "api/hardware")["leds"]["pattern"] == before)
         assert agent.stop() == 0
         assert (root / "sys/class/leds/ACT/trigger").read_text() == "mmc0"
         assert (root / "sys/class/leds/PWR/trigger").read_text() == "default-on"
