@@ -21,7 +21,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -145,9 +144,6 @@ def measure(kind: str, n: int, settle: float) -> dict[str, Any]:
 
         init_data_dir(tmp / "box")
         agent = start_agent(tmp / "box")
-        # keep reading the agent's output: a full pipe would block its event loop
-        for stream in (agent.process.stdout, agent.process.stderr):
-            threading.Thread(target=stream.read, daemon=True).start()  # type: ignore[union-attr]
         pid, port = agent.process.pid, agent.udp[1]
         proc = None
     elif kind == "bitchat":

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ class RunningAgent:
     web: str
     udp: tuple[str, int]
     node_id: str
+    log_path: Path
+    """The agent's stderr (its structured log), written to a file so it never blocks."""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.process.poll() is None:
@@ -63,24 +69,29 @@ def start_agent(data_dir: Path, extra: Sequence[str] = (), timeout: float = 20.0
         sys.executable, "-m", "node", "run", "--data-dir", str(data_dir),
         "--listen", "127.0.0.1:0", "--web", "127.0.0.1:0", *extra,
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    log_path = data_dir.parent / f"{data_dir.name}-agent.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
+        )
     assert proc.stdout is not None
     lines: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
-            err = proc.stderr.read() if proc.stderr else ""
-            raise RuntimeError(f"agent exited with {proc.wait()}: {err.strip()[-2000:]}")
+            code = proc.wait()
+            tail = log_path.read_text(errors="replace").strip()[-2000:]
+            raise RuntimeError(f"agent exited with {code}: {tail}")
         if m := re.match(r"(\w+): (\S+)", line.strip()):
             lines[m.group(1)] = m.group(2)
         if m := re.search(r"node id (\w+)", line):
             lines["node_id"] = m.group(1)
         if "udp" in lines and "dashboard" in lines:
+            # keep draining stdout: a full pipe would block the agent's event loop
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             host, port = lines["udp"].rsplit(":", 1)
             return RunningAgent(proc, data_dir, lines["dashboard"], (host, int(port)),
-                                lines.get("node_id", ""))  # fmt: skip
+                                lines.get("node_id", ""), log_path)  # fmt: skip
     proc.kill()
     raise RuntimeError("agent did not become ready in time")

@@ -64,8 +64,7 @@ def test_sigterm_stops_within_a_few_seconds(agent: RunningAgent) -> None:
     code = agent.stop(signal.SIGTERM, timeout=10)
     assert code == 0
     assert time.monotonic() - began < 10
-    out = agent.process.stderr.read() if agent.process.stderr else ""
-    assert "agent_stopping" in out
+    assert "agent_stopping" in agent.log()
 
 
 def test_sigint_stops_too(agent: RunningAgent) -> None:
