@@ -17,6 +17,7 @@ Run (root): ``.venv/bin/python -m bench.box [--idle-seconds 300]``
 from __future__ import annotations
 
 import argparse
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,9 @@ AGENT_STATS = (
 
 
 def sample(box: EmulatedBox, key: Path) -> tuple[int, int, int, int]:
-    rss_kb, ticks, hz, sectors = flow.ssh(box, key, "sudo sh -c " + repr(AGENT_STATS)).split()
+    rss_kb, ticks, hz, sectors = flow.ssh(
+        box, key, "sudo sh -c " + shlex.quote(AGENT_STATS)
+    ).split()
     return int(rss_kb), int(ticks), int(hz), int(sectors)
 
 
@@ -42,20 +45,25 @@ def main() -> None:
     parser.add_argument("--boot-timeout", type=float, default=1800.0)
     args = parser.parse_args()
 
+    print(f"{'figure':<48} {'measured':>12}  goal", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-box-"))
     key = flow.operator_key(work)
     recipe = flow.write_recipe(work, key)
     t0 = time.monotonic()
     image = flow.build_image(work, recipe)
     build_s = time.monotonic() - t0
+    print(f"{'image build (bitchat-fleet image build)':<48} {build_s:>10.1f} s", flush=True)
     with EmulatedBox(image, ensure_base(), work / "qemu") as box:
         power_on = time.monotonic()
         box.wait_for_ssh(args.boot_timeout)
         ssh_s = time.monotonic() - power_on
+        print(f"{'power-on -> SSH (after the firstrun reboot)':<48} {ssh_s:>10.1f} s", flush=True)
         flow.wait_for_agent(box, args.boot_timeout)
         agent_s = time.monotonic() - power_on
+        print(f"{'power-on -> dashboard answering':<48} {agent_s:>10.1f} s", flush=True)
         flow.enroll(box, key, recipe, work / "inventory.db")
         enrolled_s = time.monotonic() - power_on
+        print(f"{'power-on -> enrolled':<48} {enrolled_s:>10.1f} s  <= 300 s", flush=True)
         time.sleep(30)  # let first-start work settle before the idle window
         _, ticks0, hz, sec0 = sample(box, key)
         began = time.monotonic()
@@ -64,12 +72,7 @@ def main() -> None:
         window = time.monotonic() - began
     cpu_pct = 100.0 * (ticks1 - ticks0) / hz / window
     written = (sec1 - sec0) * 512
-    print(f"emulated box (qemu-system-aarch64 -M virt, TCG), boots: {box.boots}")
-    print(f"{'figure':<48} {'measured':>12}  goal")
-    print(f"{'image build (bitchat-fleet image build)':<48} {build_s:>10.1f} s")
-    print(f"{'power-on -> SSH':<48} {ssh_s:>10.1f} s")
-    print(f"{'power-on -> dashboard answering':<48} {agent_s:>10.1f} s")
-    print(f"{'power-on -> enrolled':<48} {enrolled_s:>10.1f} s  <= 300 s")
+    print(f"{'boots (power-on, firstrun reboot)':<48} {box.boots:>12}")
     print(f"{'agent RSS at idle':<48} {rss1 / 1024:>9.1f} MB  <= 60 MB")
     print(f"{'agent CPU at idle':<48} {cpu_pct:>10.2f} %  near zero")
     print(
