@@ -15,7 +15,9 @@ import pytest
 from hil_tests.emubox import EmulatedBox, ensure_base, flow
 from tests.support import IN_CI, require_binary, require_root
 
-pytestmark = pytest.mark.emubox
+# Building the image, two boots and the first boot's offline install take many minutes under
+# software emulation; the suite's 300 s per-test default would cut them off.
+pytestmark = [pytest.mark.emubox, pytest.mark.timeout(3000)]
 BOOT_TIMEOUT = float(os.environ.get("BITCHAT_HIL_BOOT_TIMEOUT", "1200"))
 
 
