@@ -272,6 +272,7 @@ class RecvStream:
     __slots__ = (
         "advertised",
         "chunks",
+        "eof_read",
         "fin_offset",
         "finished",
         "highest",
@@ -288,6 +289,7 @@ class RecvStream:
         self.highest = 0
         self.fin_offset: int | None = None
         self.advertised = window
+        self.eof_read = False
         self.finished = False
         self.reset_code: int | None = None
         self.stopped = False
@@ -853,6 +855,12 @@ class ConnectionCore:
             if self._data_received > self._local_max_data:
                 self.close(FLOW_CONTROL_ERROR, "connection data beyond its window", now=now)
                 return
+        if rs.stopped:
+            # the application discards this direction: what arrives counts as consumed
+            self._consume(rs, rs.highest - rs.read_offset)
+            rs.read_offset = rs.highest
+            self._maybe_forget(sid)
+            return
         had_eof = rs.finished
         new = rs.insert(offset, chunk)
         if (new or (fin and rs.at_eof())) and not had_eof:
@@ -871,7 +879,8 @@ class ConnectionCore:
         if final_size > rs.highest:
             self._data_received += final_size - rs.highest
             rs.highest = final_size
-        self._data_consumed += rs.highest - rs.read_offset - 0
+        self._consume(rs, rs.highest - rs.read_offset)
+        rs.read_offset = rs.highest
         rs.ready.clear()
         rs.chunks.clear()
         rs.finished = True
@@ -891,6 +900,8 @@ class ConnectionCore:
         if rs is None:
             return b"", False
         if rs.reset_code is not None:
+            rs.eof_read = True
+            self._maybe_forget(sid)
             return b"", True
         n = len(rs.ready) if max_bytes < 0 else min(max_bytes, len(rs.ready))
         if n == len(rs.ready):
@@ -900,17 +911,14 @@ class ConnectionCore:
             data = bytes(rs.ready[:n])
             del rs.ready[:n]
         rs.read_offset += n
-        self._data_consumed += n
+        self._consume(rs, n)
         window = self.config.stream_window
         if rs.fin_offset is None and rs.advertised - rs.read_offset < window // 2:
             rs.advertised = rs.read_offset + window
             self._max_stream_data_pending.add(sid)
-        cwin = self.config.connection_window
-        if self._local_max_data - self._data_consumed < cwin // 2:
-            self._local_max_data = self._data_consumed + cwin
-            self._max_data_pending = True
         eof = rs.at_eof() and not rs.ready
         if eof:
+            rs.eof_read = True
             self._maybe_forget(sid)
         return data, eof
 
@@ -919,21 +927,42 @@ class ConnectionCore:
         return len(rs.ready) if rs is not None else 0
 
     def stop_stream(self, sid: int, code: int = NO_ERROR) -> None:
-        """Discard what arrives on ``sid`` and ask the peer to stop sending."""
+        """Discard what arrived and what still arrives on ``sid``.
+
+        Unless the peer's data is already complete, STOP_SENDING asks it to stop. Once the
+        sending half is done too, the stream is forgotten and its credit returned.
+        """
         rs = self._recv_streams.get(sid)
-        if rs is None or rs.at_eof() or rs.reset_code is not None or rs.stopped:
+        if rs is None or rs.stopped:
             return
+        complete = rs.reset_code is not None or (rs.at_eof() and not rs.chunks)
         rs.stopped = True
-        self._data_consumed += len(rs.ready)
-        rs.read_offset += len(rs.ready)
+        self._consume(rs, rs.highest - rs.read_offset)
+        rs.read_offset = rs.highest
         rs.ready.clear()
         rs.chunks.clear()
-        self._control.append(wire.StopSending(sid, code))
+        if not complete:
+            self._control.append(wire.StopSending(sid, code))
+        self._maybe_forget(sid)
+
+    def _consume(self, rs: RecvStream, n: int) -> None:
+        """``n`` bytes of the connection window are free again; grant more when half is used."""
+        self._data_consumed += n
+        cwin = self.config.connection_window
+        if self._local_max_data - self._data_consumed < cwin // 2:
+            self._local_max_data = self._data_consumed + cwin
+            self._max_data_pending = True
 
     def _maybe_forget(self, sid: int) -> None:
         rs = self._recv_streams.get(sid)
         s = self._send_streams.get(sid)
-        recv_done = rs is None or rs.reset_code is not None or (rs.at_eof() and not rs.ready)
+        # RFC 9000 section 3: the receiving half is done once the application has read the
+        # end of the stream, stopped reading, or seen a reset; the sending half once all
+        # data and the FIN are acknowledged, or the stream is reset.
+        recv_done = rs is None or (
+            (rs.reset_code is not None or (rs.at_eof() and not rs.ready))
+            and (rs.stopped or rs.eof_read)
+        )
         if recv_done and (s is None or s.done()):
             self._recv_streams.pop(sid, None)
             self._send_streams.pop(sid, None)

@@ -176,12 +176,16 @@ class Stream:
         self.connection._endpoint._touch(self._core)
 
     def close(self) -> None:
-        """Finish the writing side and stop reading."""
-        if self._exc is None and self.connection._core.state == State.ESTABLISHED:
-            self.write_eof()
-            if not self._eof:
-                self._core.stop_stream(self.stream_id)
-                self.connection._endpoint._touch(self._core)
+        """Finish the writing side and stop reading; the core forgets the stream when both
+        halves are done, which returns its credit to the peer."""
+        core = self._core
+        if core.state == State.ESTABLISHED:
+            if not self._write_closed:
+                self._write_closed = True
+                with contextlib.suppress(TransportError):  # the peer may have stopped it
+                    core.send_stream(self.stream_id, b"", fin=True)
+            core.stop_stream(self.stream_id)
+            self.connection._endpoint._touch(core)
         self._eof = True
         self.connection._streams.pop(self.stream_id, None)
 

@@ -87,6 +87,40 @@ async def test_streams_both_directions_and_many(pair: tuple[Endpoint, Endpoint])
     assert results == [x[::-1] for x in blobs]
 
 
+async def request_answer(conn: Connection, stream: Stream) -> None:
+    """Answers length-prefixed messages on one stream until the caller closes it."""
+    while True:
+        try:
+            n = (await stream.readexactly(1))[0]
+        except asyncio.IncompleteReadError:
+            return
+        stream.write(bytes((n,)) + (await stream.readexactly(n))[::-1])
+
+
+@pytest.mark.parametrize("ending", ["close", "eof", "reset"])
+async def test_streams_past_the_credit_are_released(
+    pair: tuple[Endpoint, Endpoint], ending: str
+) -> None:
+    a, b = pair
+    b.set_handler("rr/1", request_answer)
+    conn = await a.connect(b.local_address)
+    # three times the 128-stream credit, one after another, each ended as callers do
+    for i in range(3 * 128):
+        stream = await asyncio.wait_for(conn.open_stream("rr/1"), 5)
+        stream.write(b"\x03" + i.to_bytes(3, "big"))
+        assert await stream.readexactly(4) == b"\x03" + i.to_bytes(3, "big")[::-1]
+        if ending == "close":
+            stream.close()  # what a caller does after its answer: FIN, stop reading
+        elif ending == "eof":
+            stream.write_eof()
+            assert await stream.read() == b""
+        else:
+            stream.reset()
+    await asyncio.sleep(0.1)
+    peer = next(iter(b.connections))
+    assert conn.status()["streams"] == 0 and peer.status()["streams"] == 0
+
+
 async def test_bulk_stream_with_drain(pair: tuple[Endpoint, Endpoint]) -> None:
     a, b = pair
     received: list[int] = []
