@@ -2,7 +2,8 @@
 
 A record names the node's Ed25519 public key (its id is BLAKE2b-256 of it), its addresses as
 ``HOST:PORT``, its NAT class, the relays through which it can be reached (each a ``HOST:PORT``
-or a node id in hex), a sequence number (newer wins) and an expiry in Unix seconds. The
+or a node id in hex; an entry ``mp:HOST:PORT`` is a MicroPython relay, see :func:`relay_kind`),
+a sequence number (newer wins) and an expiry in Unix seconds. The
 binary form is canonical and signed with the node's identity, so a record passed along by
 third parties cannot be altered, and a record stored under an id that is not the hash of its
 key is rejected.
@@ -36,7 +37,8 @@ class NodeRecord:
     nat_class: str
     """The node's NAT class as discovery named it (``public``, ``full-cone``, …) or empty."""
     relays: tuple[str, ...]
-    """Relays that forward to this node: ``HOST:PORT`` or a relay node id in hex."""
+    """Relays that forward to this node: ``HOST:PORT`` or a relay node id in hex (node relays),
+    or ``mp:HOST:PORT`` (a MicroPython relay's allocation; :func:`relay_kind`)."""
     seq: int
     """Version of this record; a higher seq replaces a lower one."""
     expires: int
@@ -77,6 +79,33 @@ class NodeRecord:
             raise WireError(f"record of {self.node_id.hex()[:16]} has a bad signature")
         if self.expires < now:
             raise WireError(f"record of {self.node_id.hex()[:16]} expired at {self.expires}")
+
+
+RELAY_NODE = "node"
+RELAY_MICROPYTHON = "micropython"
+_MICROPYTHON_PREFIX = "mp:"
+
+
+def relay_entry(kind: str, address: str) -> str:
+    """The ``relays`` entry for a relay of ``kind`` reached at ``address``."""
+    if kind == RELAY_MICROPYTHON:
+        return _MICROPYTHON_PREFIX + address
+    if kind != RELAY_NODE:
+        raise ValueError(f"unknown relay kind {kind!r}")
+    return address
+
+
+def relay_kind(entry: str) -> tuple[str, str]:
+    """(kind, address) of a ``relays`` entry.
+
+    A node relay (``HOST:PORT`` or node id) speaks the relay protocol over a transport session.
+    A MicroPython relay (``mp:HOST:PORT``) is an allocation its home node holds on an enrolled
+    board: datagrams sent to that address reach the node unchanged, so a peer simply opens its
+    session to it. Nodes that predate the kind see an address they cannot parse and skip it.
+    """
+    if entry.startswith(_MICROPYTHON_PREFIX):
+        return RELAY_MICROPYTHON, entry[len(_MICROPYTHON_PREFIX) :]
+    return RELAY_NODE, entry
 
 
 def _text(value: str) -> bytes:

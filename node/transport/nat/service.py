@@ -18,6 +18,7 @@ import psutil
 
 from node import log
 from node.config import parse_hostport
+from node.overlay.records import RELAY_MICROPYTHON, relay_kind
 from node.transport.nat.aio import StunAgent, open_stun_socket
 from node.transport.nat.discovery import NatClass, NatReport, discover
 from node.transport.nat.errors import NatError
@@ -196,10 +197,15 @@ class NatService:
         assert self.endpoint is not None and self.traversal is not None
         addresses = [parse_hostport(a) for a in record.addresses]
         relays: list[Connection] = []
+        boards: list[Address] = []
         for text in record.relays:
+            kind, where = relay_kind(text)
             try:
-                addr = parse_hostport(text)
+                addr = parse_hostport(where)
             except ValueError:
+                continue
+            if kind == RELAY_MICROPYTHON:
+                boards.append(addr)  # an allocation forwarding datagrams to the node unchanged
                 continue
             conn = self.relay_conns.get(addr)
             if conn is None or conn.is_closed:
@@ -209,11 +215,31 @@ class NatService:
                     continue
                 self.relay_conns[addr] = conn
             relays.append(conn)
-        return await self.traversal.connect(record.public_key, addresses, record.nat_class, relays)
+        try:
+            return await self.traversal.connect(
+                record.public_key, addresses, record.nat_class, relays
+            )
+        except NatError as exc:
+            if not boards:
+                raise
+            errors = [str(exc)]
+        for addr in boards:
+            try:
+                return await self.endpoint.connect(
+                    addr, peer_public_key=record.public_key, timeout=5.0
+                )
+            except Exception as exc:  # a board that is gone or whose offer was taken
+                errors.append(f"relay board {addr[0]}:{addr[1]}: {exc}")
+        raise NatError("; ".join(errors))
 
     def relay_addresses(self) -> list[str]:
-        """Relays that hold a reservation for us (for our DHT record)."""
-        return [f"{h}:{p}" for (h, p), c in self.relay_conns.items() if not c.is_closed]
+        """Relays that hold a reservation for us, then the open allocations on our MicroPython
+        relay boards (``mp:HOST:PORT``), for our DHT record."""
+        out = [f"{h}:{p}" for (h, p), c in self.relay_conns.items() if not c.is_closed]
+        boards = getattr(self.ctx.services.get("relays"), "record_offers", None)
+        if callable(boards):
+            out.extend(str(b) for b in boards())
+        return out
 
     async def check(self) -> NatReport | None:
         """Classify the NAT now (and map a port when it helps); None without STUN servers."""
