@@ -22,6 +22,7 @@ from node.relays.store import RelayRecord, RelayStore
 
 Addr = tuple[str, int]
 MAX_EVENTS = 1024
+_SEQ_MAX = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,14 +89,21 @@ class RelayManager:
         self.keepalive_ms = keepalive_ms
         self.sessions: dict[bytes, Session] = {}
         self.rejected = 0
-        self._counter = 0
+        self._epoch = 0
+        self._seq = _SEQ_MAX
         self._next_alloc = 1
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
 
     def _next_counter(self, now: float) -> int:
-        # Follows the clock so it keeps growing across box restarts.
-        self._counter = max(self._counter + 1, int(now * 1_000_000))
-        return self._counter
+        # epoch << 32 | sequence, the epoch new at every start and kept in state.db, so the
+        # counter grows across box restarts even when the clock went back (a Pi has no RTC):
+        # a relay re-registering takes WELCOME's counter as its floor, and anything the box
+        # sent before must stay below it. The clock only sets a minimum epoch.
+        self._seq += 1
+        if self._seq > _SEQ_MAX:
+            self._epoch = self.store.next_epoch((int(now * 1_000_000) >> 32) + 1)
+            self._seq = 1
+        return (self._epoch << 32) | self._seq
 
     def _send(self, s: Session, typ: w.MsgType, now: float, *fields: object) -> tuple[bytes, Addr]:
         msg = w.encode(s.record.key, typ, s.record.relay_id, self._next_counter(now), *fields)

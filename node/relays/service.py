@@ -1,9 +1,25 @@
-"""The ``relays`` agent service: the UDP socket relays register on, and allocation requests."""
+"""The ``relays`` agent service: the UDP socket relays register on, allocations, offers, bridge.
+
+Offers: the box keeps one open allocation on each online relay that has a free slot. Leg B is
+the box's own side: the box sends a STUN binding indication from its transport port to it, so
+the relay latches that leg to the box (and the box's NAT keeps a binding towards it), and
+repeats it while the offer waits. Leg A is listed in the box's node record as
+``mp:HOST:PORT``: a peer that cannot reach the box opens its transport session to that
+address, the relay latches leg A to the peer and moves datagrams unchanged both ways, and the
+box sees the session arrive from leg B. Once a session uses an offer the box opens another
+(slots permitting); when that session ends the allocation is freed. Quotas and idle expiry
+are the relay's, from ``[relays]``.
+
+Bridge: frames a relay carries from its BLE peer wait in a bounded inbox for a local consumer
+(``GET /api/relays/bridge``); ``send_bridge`` carries frames back.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import ipaddress
 import socket
 import time
 from collections.abc import Callable
@@ -13,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from node import log
 from node.config import parse_hostport
 from node.errors import NodeError
+from node.overlay.records import RELAY_MICROPYTHON, relay_entry
 from node.relays import _wire as w
 from node.relays.manager import (
     AllocEnded,
@@ -22,14 +39,23 @@ from node.relays.manager import (
     RelayManager,
 )
 from node.relays.store import RelayStore
+from node.transport.nat.keepalive import binding_indication
 
 if TYPE_CHECKING:
     from node.agent import AgentContext
+    from node.transport.endpoint import Endpoint
 
 _log = log.get_logger(__name__)
 ALLOC_TRIES = 5
 ALLOC_RETRY_S = 0.5
 LISTEN_RETRY_S = 30.0
+OFFER_TICK_S = 1.0
+LATCH_EVERY_S = 10.0
+"""How often the box refreshes its leg of an offer nobody uses yet (NAT binding, idle timer)."""
+OFFER_ROTATE_S = 600.0
+"""An offer unused this long is freed and replaced (someone may hold its peer leg idle)."""
+BRIDGE_INBOX = 256
+_LAN = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
 
 
 class RelayError(NodeError):
@@ -44,6 +70,33 @@ class Allocation:
     alloc_id: int
     host: str
     ports: tuple[int, int]
+
+
+@dataclass
+class Offer:
+    """An open allocation the box's record lists; ``peer`` is set once a session uses it."""
+
+    allocation: Allocation
+    made: float
+    latched: float = 0.0
+    peer: bytes | None = None
+
+    @property
+    def box_leg(self) -> tuple[str, int]:
+        return self.allocation.host, self.allocation.ports[1]
+
+    @property
+    def peer_leg(self) -> str:
+        return f"{self.allocation.host}:{self.allocation.ports[0]}"
+
+
+@dataclass(frozen=True)
+class Bridged:
+    """A frame from a relay's BLE peer, as the box received it (payload opaque)."""
+
+    relay_id: str
+    at: float
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -80,6 +133,10 @@ class RelaysService:
         self.address: tuple[str, int] | None = None
         self.error: str | None = None
         self.on_bridge: Callable[[bytes, bytes], None] | None = None
+        self.offers: dict[tuple[str, int], Offer] = {}
+        self.bridge_inbox: collections.deque[Bridged] = collections.deque(maxlen=BRIDGE_INBOX)
+        self.counters = {"offers_used": 0, "bridge_in": 0, "bridge_out": 0, "bridge_dropped": 0}
+        self._bridge_ready = asyncio.Event()
         self._transport: asyncio.DatagramTransport | None = None
         self._waiters: dict[int, asyncio.Future[AllocGranted | AllocRefused]] = {}
 
@@ -115,7 +172,9 @@ class RelaysService:
             while self._transport is None:
                 await asyncio.sleep(LISTEN_RETRY_S)
                 await self.start()
-            await asyncio.Event().wait()
+            while True:
+                await self.maintain_offers()
+                await asyncio.sleep(OFFER_TICK_S)
         finally:
             if self._transport is not None:
                 self._transport.close()
@@ -136,8 +195,113 @@ class RelaysService:
             elif isinstance(ev, AllocEnded):
                 _log.info("relay_alloc_ended", relay=ev.relay_id.hex(), alloc=ev.alloc_id,
                           reason=ev.reason, packets=ev.packets, bytes=ev.bytes)  # fmt: skip
-            elif isinstance(ev, BridgeFrame) and self.on_bridge is not None:
-                self.on_bridge(ev.relay_id, ev.payload)
+                if self.offers.pop((ev.relay_id.hex(), ev.alloc_id), None) is not None:
+                    self._refresh_record()
+            elif isinstance(ev, BridgeFrame):
+                self._bridged(ev)
+
+    def _bridged(self, ev: BridgeFrame) -> None:
+        if len(self.bridge_inbox) == self.bridge_inbox.maxlen:
+            self.counters["bridge_dropped"] += 1
+        self.bridge_inbox.append(Bridged(ev.relay_id.hex(), time.time(), ev.payload))
+        self.counters["bridge_in"] += 1
+        self._bridge_ready.set()
+        if self.on_bridge is not None:
+            self.on_bridge(ev.relay_id, ev.payload)
+
+    async def bridge_frames(self, wait: float = 0.0) -> list[Bridged]:
+        """Take the frames waiting from BLE peers; with ``wait``, wait that long for one."""
+        if not self.bridge_inbox and wait > 0:
+            self._bridge_ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bridge_ready.wait(), wait)
+        out = list(self.bridge_inbox)
+        self.bridge_inbox.clear()
+        return out
+
+    # -- offers: open allocations listed in the node record ---------------------------------
+
+    def _endpoint(self) -> Endpoint | None:
+        endpoint: Endpoint | None = getattr(self.ctx.services.get("transport"), "endpoint", None)
+        if endpoint is None or endpoint.local_address[1] == 0:
+            return None
+        return endpoint
+
+    def _box_ip(self, relay_host: str) -> str:
+        """The address the relay will see the box's leg come from, when the box knows it."""
+        try:
+            if any(ipaddress.ip_address(relay_host) in n for n in _LAN):
+                return "0.0.0.0"  # a relay on the home LAN sees the box's LAN address
+        except ValueError:
+            return "0.0.0.0"
+        report = getattr(self.ctx.services.get("nat"), "report", None)
+        public = getattr(report, "public_address", None)
+        if public and ":" not in public[0]:
+            return str(public[0])
+        return "0.0.0.0"
+
+    def _refresh_record(self) -> None:
+        refresh = getattr(self.ctx.services.get("overlay"), "refresh_record", None)
+        if callable(refresh):
+            refresh()
+
+    async def maintain_offers(self) -> None:
+        """Keep one open allocation per online relay with a free slot; notice offers taken
+        by a session and free allocations whose session ended."""
+        endpoint = self._endpoint()
+        if endpoint is None:
+            return
+        now = time.time()
+        in_use = {c.remote_address: c for c in endpoint.connections if not c.is_closed}
+        changed = False
+        for key, offer in list(self.offers.items()):
+            session = self.manager.sessions.get(bytes.fromhex(key[0]))
+            conn = in_use.get(offer.box_leg)
+            if session is None or not self.manager.alive(session, now):
+                del self.offers[key]
+                changed = True
+            elif offer.peer is None and conn is not None:
+                offer.peer = conn.peer_id
+                self.counters["offers_used"] += 1
+                changed = True
+                _log.info("relay_offer_used", relay=key[0], alloc=key[1],
+                          peer=conn.peer_id.hex()[:16])  # fmt: skip
+            elif offer.peer is not None and conn is None:
+                self.free(offer.allocation)
+                del self.offers[key]
+            elif offer.peer is None and now - offer.made > OFFER_ROTATE_S:
+                self.free(offer.allocation)
+                del self.offers[key]
+                changed = True
+            elif offer.peer is None and now - offer.latched >= LATCH_EVERY_S:
+                endpoint.send_raw(binding_indication(), offer.box_leg)
+                offer.latched = now
+        for relay_id, session in list(self.manager.sessions.items()):
+            rid = relay_id.hex()
+            if not self.manager.alive(session, now) or any(
+                o.peer is None and k[0] == rid for k, o in self.offers.items()
+            ):
+                continue
+            if len(session.active) + len(session.pending) >= session.slots:
+                continue
+            try:
+                alloc = await self.allocate(rid, ip_b=self._box_ip(session.address[0]))
+            except RelayError as exc:
+                _log.info("relay_offer_failed", relay=rid, error=str(exc))
+                continue
+            offer = Offer(alloc, now, latched=now)
+            endpoint.send_raw(binding_indication(), offer.box_leg)
+            self.offers[(rid, alloc.alloc_id)] = offer
+            changed = True
+            _log.info("relay_offer", relay=rid, alloc=alloc.alloc_id, address=offer.peer_leg)
+        if changed:
+            self._refresh_record()
+
+    def record_offers(self) -> list[str]:
+        """``relays`` entries for the node record: the open offers' peer legs."""
+        return [
+            relay_entry(RELAY_MICROPYTHON, o.peer_leg) for o in self.offers.values() if not o.peer
+        ]
 
     # -- library API (dashboard, NAT traversal, enrollment) ---------------------------------
 
@@ -202,15 +366,14 @@ class RelaysService:
             raise RelayError(f"bridge frames carry 1-{w.MAX_BRIDGE} bytes")
         out = self.manager.bridge(bytes.fromhex(relay_id), payload, time.time())
         self._sendto(out)
+        if out is not None:
+            self.counters["bridge_out"] += 1
         return out is not None
 
     def relay_offers(self) -> list[dict[str, object]]:
-        """Relay offers for the node record (registered relays with free slots)."""
+        """Registered relays with free slots (the dashboard's view; the record's entries are
+        :meth:`record_offers`)."""
         return self.manager.offers(time.time())
-
-    def relay_addresses(self) -> tuple[str, ...]:
-        """``HOST:PORT`` of each offered relay, as node records list them."""
-        return tuple(str(o["address"]) for o in self.relay_offers())
 
     def relays(self) -> list[dict[str, object]]:
         """Health of every enrolled relay, for the dashboard."""
@@ -225,4 +388,15 @@ class RelaysService:
             "online": sum(1 for h in health if h["online"]),
             "rejected": self.manager.rejected,
             "relays": health,
+            "offers": [
+                {
+                    "relay_id": k[0],
+                    "alloc_id": k[1],
+                    "address": o.peer_leg,
+                    "in_use": o.peer is not None,
+                }
+                for k, o in self.offers.items()
+            ],
+            "bridge_waiting": len(self.bridge_inbox),
+            **self.counters,
         }

@@ -20,6 +20,12 @@ MIGRATIONS: list[state.Migration] = [
         hello_floor INTEGER NOT NULL DEFAULT 0
     )
     """,
+    """
+    CREATE TABLE IF NOT EXISTS relay_box_epoch (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        epoch INTEGER NOT NULL
+    )
+    """,
 ]
 
 
@@ -68,6 +74,19 @@ class RelayStore:
                 "UPDATE relays SET hello_floor = ? WHERE relay_id = ? AND hello_floor < ?",
                 [counter, relay_id.hex(), counter],
             )
+
+    def next_epoch(self, floor: int) -> int:
+        """A new epoch for the box's control counters: above every one handed out before
+        (kept here) and at least ``floor`` (from the clock, in case state.db was restored)."""
+        with self.db.conn:
+            row = self.db.execute("SELECT epoch FROM relay_box_epoch WHERE id = 0").fetchone()
+            epoch = max(int(row[0]) + 1 if row else 0, floor)
+            self.db.execute(
+                "INSERT INTO relay_box_epoch (id, epoch) VALUES (0, ?) "
+                "ON CONFLICT(id) DO UPDATE SET epoch = excluded.epoch",
+                [epoch],
+            )
+        return epoch
 
     def remove(self, relay_id: bytes) -> bool:
         with self.db.conn:
