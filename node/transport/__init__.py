@@ -8,6 +8,7 @@ from node.transport.endpoint import Connection, Endpoint, Stream, open_endpoint
 from node.transport.errors import (
     ConnectionClosed,
     HandshakeError,
+    PeerKeyChanged,
     StreamReset,
     TransportError,
     WireError,
@@ -18,6 +19,7 @@ __all__ = [
     "ConnectionClosed",
     "Endpoint",
     "HandshakeError",
+    "PeerKeyChanged",
     "Stream",
     "StreamReset",
     "TransportError",

@@ -88,6 +88,32 @@ STREAM_REFUSED = 6
 APPLICATION_CLOSED = 7
 
 _AEAD_OVERHEAD = wire.SHORT_HEADER_LEN + wire.TAG_LEN
+K_WINDOW_FLOOR = 128 << 10  # connection credit a session always has, beyond the shared budget
+
+
+class ReceiveBudget:
+    """Receive memory shared by all sessions of an endpoint.
+
+    A session's connection-level credit (bytes the peer may still make it buffer: received
+    and unread, plus granted and not yet received) above ``K_WINDOW_FLOOR`` is drawn from
+    here; bytes the application reads (or discards) go back. So at most
+    ``total + K_WINDOW_FLOOR * sessions`` bytes of stream data are ever buffered, and no
+    session stalls for want of budget: it always keeps the floor.
+    """
+
+    __slots__ = ("available", "total")
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.available = total
+
+    def take(self, want: int) -> int:
+        n = max(0, min(want, self.available))
+        self.available -= n
+        return n
+
+    def give(self, n: int) -> None:
+        self.available += n
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +381,8 @@ class ConnectionCore:
         config: TransportConfig | None = None,
         peer_public_key: bytes | None = None,
         local_cid: bytes | None = None,
+        accept_key_change: bool = False,
+        budget: ReceiveBudget | None = None,
     ) -> None:
         self.config = cfg = config or TransportConfig()
         self.initiator = initiator
@@ -367,6 +395,10 @@ class ConnectionCore:
         self.peer_public_key: bytes | None = None
         self._peer_id: bytes | None = None
         self.expected_peer_key = peer_public_key
+        # an IK handshake that falls back to XX learns the key the peer holds now; a key other
+        # than the expected one fails the handshake unless the caller accepts key changes
+        self.accept_key_change = accept_key_change
+        self.changed_peer_key: bytes | None = None
         self.pattern = (
             wire.HandshakePattern.IK
             if (initiator and peer_public_key is not None)
@@ -384,9 +416,8 @@ class ConnectionCore:
                     verify_key_to_x25519(peer_public_key) if peer_public_key is not None else None
                 ),
             )
-        self._local_params = PeerParams(
-            cfg.connection_window, cfg.stream_window, cfg.max_streams, int(cfg.idle_timeout * 1000)
-        )
+        self._budget = budget or ReceiveBudget(cfg.connection_window)
+        self._budget_held = 0
         self._peer_params: PeerParams | None = None
         self._hs_packet: bytes | None = None  # our last handshake packet, resent on loss
         self._hs_token = b""
@@ -448,7 +479,7 @@ class ConnectionCore:
         self._max_streams_pending = False
         self._peer_max_data = 0
         self._data_sent = 0
-        self._local_max_data = cfg.connection_window
+        self._local_max_data = 0  # granted with the handshake payload
         self._data_received = 0
         self._data_consumed = 0
         self._max_data_pending = False
@@ -502,7 +533,16 @@ class ConnectionCore:
     # ------------------------------------------------------------------ handshake
 
     def _payload(self) -> bytes:
-        return identity_payload(self.public_key, self._local_params)
+        if not self._local_max_data:
+            self._grant()
+        cfg = self.config
+        params = PeerParams(
+            self._local_max_data,
+            cfg.stream_window,
+            cfg.max_streams,
+            int(cfg.idle_timeout * 1000),
+        )
+        return identity_payload(self.public_key, params)
 
     def _start_handshake(self, now: float) -> None:
         assert self._hs is not None
@@ -511,21 +551,25 @@ class ConnectionCore:
         self._send_initial(now)
 
     def _send_initial(self, now: float) -> None:
-        pkt = wire.encode_long(
-            wire.LongHeader(
-                wire.PacketType.INITIAL,
-                wire.VERSION,
-                bytes(wire.CID_LEN),
-                self.local_cid,
-                token=self._hs_token,
-                pattern=self.pattern,
-                message=self._hs_message,
-            ),
-            pad_to=wire.MIN_INITIAL_SIZE,
-        )
-        self._hs_packet = pkt
-        self._queue_raw(pkt, self.remote_address)
+        self._send_handshake(wire.PacketType.INITIAL, self._hs_message, self.remote_address)
         self._hs_timer = now + self._hs_rto
+
+    def _send_handshake(self, ptype: wire.PacketType, message: bytes, addr: Address) -> None:
+        """Build, remember (for resends) and queue our next handshake packet."""
+        initial = ptype == wire.PacketType.INITIAL
+        self._hs_packet = wire.encode_long(
+            wire.LongHeader(
+                ptype,
+                wire.VERSION,
+                bytes(wire.CID_LEN) if initial else self.remote_cid,
+                self.local_cid,
+                token=self._hs_token if initial else b"",
+                pattern=self.pattern,
+                message=message,
+            ),
+            pad_to=wire.MIN_INITIAL_SIZE if initial else 0,
+        )
+        self._queue_raw(self._hs_packet, addr)
 
     def accept_initial(self, header: wire.LongHeader, addr: Address, size: int, now: float) -> None:
         """Responder: process the INITIAL that created this connection."""
@@ -535,26 +579,37 @@ class ConnectionCore:
             header.pattern.name, initiator=False, static_private=self._static, prologue=PROLOGUE
         )
         self.pattern = header.pattern
-        payload = self._hs.read_message(header.message)
-        if header.pattern == wire.HandshakePattern.IK:
-            self._set_peer(*check_identity(payload, self._hs.rs))
-        msg2 = self._hs.write_message(self._payload())
-        self._hs_packet = wire.encode_long(
-            wire.LongHeader(
-                wire.PacketType.HANDSHAKE,
-                wire.VERSION,
-                self.remote_cid,
-                self.local_cid,
-                message=msg2,
+        try:
+            payload = self._hs.read_message(header.message)
+        except HandshakeError:
+            if header.pattern != wire.HandshakePattern.IK:
+                raise
+            # An IK first message we cannot decrypt: the initiator holds an old key of ours.
+            # Its first 32 bytes are its ephemeral key, which is an XX first message: answer
+            # with XX message 2; the initiator falls back to XX on the same ephemeral key.
+            self._hs = HandshakeState(
+                "XX", initiator=False, static_private=self._static, prologue=PROLOGUE
             )
+            self.pattern = wire.HandshakePattern.XX
+            payload = self._hs.read_message(header.message[:32])
+            self.counters["ik_fallback"] = self.counters.get("ik_fallback", 0) + 1
+        if self.pattern == wire.HandshakePattern.IK:
+            self._set_peer(*check_identity(payload, self._hs.rs))
+        self._send_handshake(
+            wire.PacketType.HANDSHAKE, self._hs.write_message(self._payload()), addr
         )
-        self._queue_raw(self._hs_packet, addr)
         if self._hs.complete:
             self._complete_handshake(now)
 
     def _set_peer(self, public_key: bytes, params: PeerParams) -> None:
         if self.expected_peer_key is not None and public_key != self.expected_peer_key:
-            raise HandshakeError("peer presented a different identity than expected")
+            self.changed_peer_key = public_key
+            if not self.accept_key_change:
+                raise HandshakeError(
+                    f"peer presented key {public_key.hex()} instead of the expected "
+                    f"{self.expected_peer_key.hex()}"
+                )
+            self.counters["peer_key_changed"] = self.counters.get("peer_key_changed", 0) + 1
         self.peer_public_key = public_key
         self._peer_id = node_id_of(public_key)
         self._peer_params = params
@@ -599,9 +654,9 @@ class ConnectionCore:
                 ):
                     self._queue_raw(self._hs_packet, addr)
                 return
-            assert self._hs is not None
             try:
-                payload = self._hs.read_message(h.message)
+                payload = self._read_handshake(h.message)
+                assert self._hs is not None
                 self._set_peer(*check_identity(payload, self._hs.rs))
             except HandshakeError as exc:
                 self._fail(str(exc), now)
@@ -610,16 +665,7 @@ class ConnectionCore:
             self.address_validated = True
             if self.pattern == wire.HandshakePattern.XX:
                 msg3 = self._hs.write_message(self._payload())
-                self._hs_packet = wire.encode_long(
-                    wire.LongHeader(
-                        wire.PacketType.FINISH,
-                        wire.VERSION,
-                        self.remote_cid,
-                        self.local_cid,
-                        message=msg3,
-                    )
-                )
-                self._queue_raw(self._hs_packet, addr)
+                self._send_handshake(wire.PacketType.FINISH, msg3, addr)
                 self._hs_rto = K_INITIAL_RTO
                 self._hs_timer = now + self._hs_rto
             else:
@@ -640,6 +686,33 @@ class ConnectionCore:
             self.address_validated = True
             self._hs_timer = None
             self._complete_handshake(now)
+
+    def _read_handshake(self, message: bytes) -> bytes:
+        """Initiator: read message 2; an IK answer that does not decrypt may be XX's.
+
+        A responder that cannot read our IK message (its key changed) answers as if our
+        ephemeral key alone had been an XX first message; replaying that message on an XX
+        state with the same ephemeral key continues the handshake as XX.
+        """
+        assert self._hs is not None
+        try:
+            return self._hs.read_message(message)
+        except HandshakeError:
+            if self.pattern != wire.HandshakePattern.IK:
+                raise
+        xx = HandshakeState(
+            "XX",
+            initiator=True,
+            static_private=self._static,
+            prologue=PROLOGUE,
+            ephemeral_private=self._hs.e,
+        )
+        xx.write_message(b"")
+        payload = xx.read_message(message)
+        self._hs = xx
+        self.pattern = wire.HandshakePattern.XX
+        self.counters["ik_fallback"] = self.counters.get("ik_fallback", 0) + 1
+        return payload
 
     def _fail(self, reason: str, now: float) -> None:
         self.counters["handshake_failed"] = self.counters.get("handshake_failed", 0) + 1
@@ -946,12 +1019,33 @@ class ConnectionCore:
         self._maybe_forget(sid)
 
     def _consume(self, rs: RecvStream, n: int) -> None:
-        """``n`` bytes of the connection window are free again; grant more when half is used."""
+        """``n`` bytes were read or discarded: their budget goes back; more credit is granted
+        once less than half of the connection window is left."""
         self._data_consumed += n
+        if self._budget_held:
+            floor = min(K_WINDOW_FLOOR, self.config.connection_window)
+            keep = max(0, self._local_max_data - self._data_consumed - floor)
+            if keep < self._budget_held:
+                self._budget.give(self._budget_held - keep)
+                self._budget_held = keep
+        if self._local_max_data - self._data_consumed < self.config.connection_window // 2:
+            self._grant()
+
+    def _grant(self) -> None:
+        """Raise the connection credit towards ``connection_window``: the floor, plus what
+        the shared budget allows."""
         cwin = self.config.connection_window
-        if self._local_max_data - self._data_consumed < cwin // 2:
-            self._local_max_data = self._data_consumed + cwin
-            self._max_data_pending = True
+        floor = min(K_WINDOW_FLOOR, cwin)
+        self._budget_held += self._budget.take(cwin - floor - self._budget_held)
+        limit = self._data_consumed + floor + self._budget_held
+        if limit > self._local_max_data:
+            self._local_max_data = limit
+            self._max_data_pending = self.state == State.ESTABLISHED
+
+    def release_budget(self) -> None:
+        """The session is gone: its share of the receive budget is free."""
+        self._budget.give(self._budget_held)
+        self._budget_held = 0
 
     def _maybe_forget(self, sid: int) -> None:
         rs = self._recv_streams.get(sid)

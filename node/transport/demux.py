@@ -7,7 +7,9 @@ than the question) and, once more than ``retry_threshold`` handshakes are half-o
 valid cookie: otherwise the endpoint answers with a stateless RETRY holding one. A cookie is
 ``timestamp(4) || BLAKE2b-128(secret, ip || port || timestamp || initiator cid)`` and is valid
 for ``COOKIE_LIFETIME`` seconds. Limits on sessions (total, per IP, per peer identity) apply
-before the Noise work. Everything the endpoint drops is counted; nothing raises.
+before the Noise work. Everything the endpoint drops is counted; nothing raises. All sessions
+draw their receive credit from one :class:`ReceiveBudget`, which bounds buffered stream data
+node-wide.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from node.transport.connection import (
     INTERNAL_ERROR,
     Address,
     ConnectionCore,
+    ReceiveBudget,
     State,
     TransportConfig,
 )
@@ -32,6 +35,7 @@ from node.transport.errors import HandshakeError, TransportError, WireError
 from node.transport.events import ConnectionTerminated, Event, HandshakeCompleted
 
 COOKIE_LIFETIME = 30
+DEFAULT_RECEIVE_BUDGET = 64 << 20  # stream bytes all sessions together may make us buffer
 COOKIE_LEN = 20
 _ZERO_CID = bytes(wire.CID_LEN)
 
@@ -50,6 +54,7 @@ class EndpointCore:
         max_sessions_per_peer: int = 8,
         retry_threshold: int = 64,
         cookie_secret: bytes | None = None,
+        receive_budget: int = DEFAULT_RECEIVE_BUDGET,
     ) -> None:
         self.static_private = static_private
         self.public_key = public_key
@@ -59,6 +64,7 @@ class EndpointCore:
         self.max_sessions_per_peer = max_sessions_per_peer
         self.retry_threshold = retry_threshold
         self._secret = cookie_secret or os.urandom(32)
+        self.budget = ReceiveBudget(receive_budget)
         self.connections: dict[bytes, ConnectionCore] = {}
         self._initials: dict[tuple[Address, bytes], ConnectionCore] = {}
         self._per_ip: Counter[str] = Counter()
@@ -76,9 +82,15 @@ class EndpointCore:
     # ------------------------------------------------------------------ API
 
     def connect(
-        self, addr: Address, now: float, *, peer_public_key: bytes | None = None
+        self,
+        addr: Address,
+        now: float,
+        *,
+        peer_public_key: bytes | None = None,
+        accept_key_change: bool = False,
     ) -> ConnectionCore:
-        """Start a handshake to ``addr`` (IK when the peer's Ed25519 key is known)."""
+        """Start a handshake to ``addr`` (IK when the peer's Ed25519 key is known; XX when
+        the peer cannot read it, which fails on a changed key unless ``accept_key_change``)."""
         if len(self.connections) >= self.max_sessions:
             raise TransportError(
                 f"session limit of {self.max_sessions} reached; raise [network] max_sessions"
@@ -91,6 +103,8 @@ class EndpointCore:
             now=now,
             config=self.config,
             peer_public_key=peer_public_key,
+            accept_key_change=accept_key_change,
+            budget=self.budget,
         )
         self._add(conn)
         self.touch(conn)
@@ -189,6 +203,7 @@ class EndpointCore:
             remote_address=addr,
             now=now,
             config=self.config,
+            budget=self.budget,
         )
         conn.address_validated = validated
         try:
@@ -299,6 +314,7 @@ class EndpointCore:
     def _remove(self, conn: ConnectionCore) -> None:
         if self.connections.pop(conn.local_cid, None) is None:
             return
+        conn.release_budget()
         self._timer_of.pop(conn.local_cid, None)
         ip = self._ip_of.pop(conn.local_cid)
         self._per_ip[ip] -= 1
@@ -320,4 +336,10 @@ class EndpointCore:
 
     def status(self) -> dict[str, Any]:
         sessions = sum(1 for c in self.connections.values() if c.state == State.ESTABLISHED)
-        return {"sessions": sessions, "half_open": self.half_open(), **dict(self.counters)}
+        return {
+            "sessions": sessions,
+            "half_open": self.half_open(),
+            "receive_budget": self.budget.total,
+            "receive_budget_free": self.budget.available,
+            **dict(self.counters),
+        }

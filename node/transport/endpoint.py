@@ -29,8 +29,8 @@ from node.transport.connection import (
     State,
     TransportConfig,
 )
-from node.transport.demux import EndpointCore
-from node.transport.errors import ConnectionClosed, StreamReset, TransportError
+from node.transport.demux import DEFAULT_RECEIVE_BUDGET, EndpointCore
+from node.transport.errors import ConnectionClosed, PeerKeyChanged, StreamReset, TransportError
 from node.transport.events import (
     ConnectionTerminated,
     DatagramReceived,
@@ -340,6 +340,7 @@ class Endpoint:
         config: TransportConfig | None = None,
         max_sessions: int = 1024,
         retry_threshold: int = 64,
+        receive_budget: int = DEFAULT_RECEIVE_BUDGET,
     ) -> None:
         self.identity = identity
         self.core = EndpointCore(
@@ -348,6 +349,7 @@ class Endpoint:
             config=config,
             max_sessions=max_sessions,
             retry_threshold=retry_threshold,
+            receive_budget=receive_budget,
         )
         self.stun_handler: Callable[[bytes, Address], None] | None = None
         self.connection_handler: Callable[[Connection], None] | None = None
@@ -436,12 +438,27 @@ class Endpoint:
         self._handlers[protocol] = handler
 
     async def connect(
-        self, addr: Address, *, peer_public_key: bytes | None = None, timeout: float = 10.0
+        self,
+        addr: Address,
+        *,
+        peer_public_key: bytes | None = None,
+        timeout: float = 10.0,
+        accept_key_change: bool = False,
     ) -> Connection:
-        """Handshake with ``addr`` (Noise XX, or IK when the peer's key is known)."""
+        """Handshake with ``addr`` (Noise XX, or IK when the peer's key is known).
+
+        When the peer no longer holds ``peer_public_key`` the handshake falls back to XX and
+        learns its current key: :class:`PeerKeyChanged` carries it, or, with
+        ``accept_key_change``, the connection is made (``peer_public_key`` tells which key).
+        """
         if self._sock is None:
             raise TransportError("endpoint is not bound; call bind() first")
-        core = self.core.connect(addr, self._now(), peer_public_key=peer_public_key)
+        core = self.core.connect(
+            addr,
+            self._now(),
+            peer_public_key=peer_public_key,
+            accept_key_change=accept_key_change,
+        )
         conn = Connection(self, core)
         self._conns[core.local_cid] = conn
         self._flush()
@@ -457,7 +474,10 @@ class Endpoint:
             ) from None
         except ConnectionClosed as exc:
             self._conns.pop(core.local_cid, None)
-            raise TransportError(f"handshake with {addr[0]}:{addr[1]} failed: {exc}") from None
+            message = f"handshake with {addr[0]}:{addr[1]} failed: {exc}"
+            if core.changed_peer_key is not None:
+                raise PeerKeyChanged(message, core.changed_peer_key) from None
+            raise TransportError(message) from None
         return conn
 
     def send_raw(self, data: bytes, addr: Address) -> None:

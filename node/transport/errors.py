@@ -17,6 +17,14 @@ class HandshakeError(TransportError):
     """A Noise handshake failed (bad message, wrong key, identity mismatch)."""
 
 
+class PeerKeyChanged(HandshakeError):
+    """The peer at the address now holds another key than the one expected (``public_key``)."""
+
+    def __init__(self, message: str, public_key: bytes) -> None:
+        super().__init__(message)
+        self.public_key = public_key
+
+
 class ConnectionClosed(TransportError, ConnectionError):
     """The connection is closed; the message says by whom and why."""
 

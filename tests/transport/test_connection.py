@@ -7,7 +7,7 @@ import os
 import pytest
 
 from node.transport import _wire as wire
-from node.transport.connection import ConnectionCore, State
+from node.transport.connection import K_WINDOW_FLOOR, ConnectionCore, State
 from node.transport.demux import EndpointCore
 from node.transport.errors import TransportError
 from node.transport.events import (
@@ -101,6 +101,44 @@ def test_ik_handshake_is_one_round_trip() -> None:
     assert c.pattern == wire.HandshakePattern.IK
     assert s.peer_public_key == a.public_key
     assert c.state == State.ESTABLISHED
+
+
+def test_ik_falls_back_to_xx_when_the_responder_key_changed() -> None:
+    net, a, b = setup()
+    old_key = make_endpoint(9).public_key  # what the initiator remembers of B
+    c, s = established(net, a, b, peer_public_key=old_key, accept_key_change=True)
+    # one round trip more than IK would take is not needed: B answers the IK message as XX
+    assert c.pattern == s.pattern == wire.HandshakePattern.XX
+    assert c.peer_public_key == b.public_key and c.changed_peer_key == b.public_key
+    assert s.peer_public_key == a.public_key
+    assert c.counters["ik_fallback"] == 1 and s.counters["ik_fallback"] == 1
+    assert transfer(net, c, s, a, b, [b"after the fallback"]) == [b"after the fallback"]
+
+
+def test_ik_fallback_to_an_unexpected_key_fails_unless_accepted() -> None:
+    net, a, b = setup()
+    old_key = make_endpoint(9).public_key
+    c = a.connect(B, net.now, peer_public_key=old_key)
+    net.run_until(lambda: c.is_closed, limit=5.0)
+    net.flush()
+    assert c.changed_peer_key == b.public_key  # learned, though not connected
+    assert not any(x.is_established for x in b.live())
+    reasons = [e.reason for _, _, e in net.events if isinstance(e, ConnectionTerminated)]
+    assert any("instead of the expected" in r for r in reasons)
+
+
+def test_ik_fallback_with_the_same_key_connects() -> None:
+    # a responder that cannot decrypt (here: a corrupted IK message body) answers as XX; the
+    # key learned is the expected one, so the session is made without accepting a change
+    net, a, b = setup()
+    c = a.connect(B, net.now, peer_public_key=b.public_key)
+    (initial, dst), *_ = c._out
+    corrupt = bytearray(initial)
+    corrupt[22 + 32 + 5] ^= 0xFF  # message 1 starts at byte 22: past `e`, inside `s`
+    c._out[0] = (bytes(corrupt), dst)
+    net.run_until(lambda: c.is_established and any(x.is_established for x in b.live()))
+    assert c.pattern == wire.HandshakePattern.XX and c.changed_peer_key is None
+    assert c.peer_public_key == b.public_key
 
 
 def test_transfer_over_lossy_reordering_duplicating_network() -> None:
@@ -356,3 +394,49 @@ def test_sessions_per_peer_are_limited() -> None:
     assert len(closed) == 1 and "too many sessions" in closed[0].reason
     assert b.counters["refused_peer_limit"] == 1
     assert sum(1 for c in b.live() if c.is_established) == 2
+
+
+def test_receive_budget_bounds_buffered_bytes_across_sessions() -> None:
+    budget = 3 << 19  # 1.5 MiB for all sessions; each may want a 1 MiB window
+    net = FakeNetwork(seed=5, link=Link(delay=0.01))
+    server = make_endpoint(2, config=config(connection_window=1 << 20), receive_budget=budget)
+    net.attach(B, server)
+    senders = []
+    blob = os.urandom(2 << 20)
+    for i in range(4):
+        ep = make_endpoint(10 + i)
+        addr = (f"198.18.0.{10 + i}", 4000)
+        net.attach(addr, ep)
+        conn = ep.connect(B, net.now)
+        senders.append((ep, conn))
+    net.run_until(lambda: all(c.is_established for _, c in senders))
+    for ep, conn in senders:
+        sid = conn.open_stream()
+        conn.send_stream(sid, blob, fin=True)
+        ep.touch(conn)
+    net.run_for(3.0)  # nobody reads: every session fills the credit it was given
+    accepted = list(server.live())
+    buffered = [sum(rs.buffered() for rs in c._recv_streams.values()) for c in accepted]
+    assert sum(buffered) <= budget + 4 * K_WINDOW_FLOOR
+    assert sum(buffered) >= budget  # the budget is used, not left idle
+    assert min(buffered) >= K_WINDOW_FLOOR  # and no session is starved of its floor
+    assert server.status()["receive_budget_free"] == 0
+    # reading gives the budget back and every transfer completes
+    got = {id(c): bytearray() for c in accepted}
+
+    def pump() -> bool:
+        done = True
+        for c in accepted:
+            data, eof = c.read_stream(0)
+            got[id(c)] += data
+            server.touch(c)
+            done = done and eof
+        return done
+
+    net.run_until(pump, limit=net.now + 60)
+    assert all(bytes(g) == blob for g in got.values())
+    for ep, conn in senders:
+        conn.close(now=net.now)
+        ep.touch(conn)
+    net.run_for(5.0)
+    assert server.status()["receive_budget_free"] == budget

@@ -10,7 +10,7 @@ import pytest
 
 from node.identity import Identity
 from node.transport.endpoint import Connection, Endpoint, Stream, open_endpoint
-from node.transport.errors import StreamReset, TransportError
+from node.transport.errors import PeerKeyChanged, StreamReset, TransportError
 
 
 @pytest.fixture
@@ -59,12 +59,16 @@ async def test_ik_connect_with_known_key(pair: tuple[Endpoint, Endpoint]) -> Non
         await stream.readexactly(1)
 
 
-async def test_ik_with_wrong_key_fails(pair: tuple[Endpoint, Endpoint]) -> None:
+async def test_ik_with_wrong_key_fails_and_learns_the_key(pair: tuple[Endpoint, Endpoint]) -> None:
     a, b = pair
-    with pytest.raises(TransportError):
-        await a.connect(
-            b.local_address, peer_public_key=Identity.generate().public_key, timeout=1.5
-        )
+    with pytest.raises(PeerKeyChanged) as info:
+        await a.connect(b.local_address, peer_public_key=Identity.generate().public_key, timeout=5)
+    assert info.value.public_key == b.identity.public_key
+    # the caller may accept the key it learned (e.g. after checking a signed record)
+    conn = await a.connect(
+        b.local_address, peer_public_key=Identity.generate().public_key, accept_key_change=True
+    )
+    assert conn.peer_public_key == b.identity.public_key
 
 
 async def test_streams_both_directions_and_many(pair: tuple[Endpoint, Endpoint]) -> None:
