@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import stat
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from typing import Any
 
 from node import config, identity
 from node.errors import NodeError
+from node.hwmon.clock import ACTION, clock_floor, far_off
 from node.hwmon.disks import DiskReading, LinuxDiskProbe, data_disk_dir
 from node.hwmon.errors import SensorError
 from node.hwmon.findings import Finding, worst
@@ -227,7 +229,10 @@ def check_sensors(box: Box) -> Iterator[Finding]:
     elif th_flags is not None or r.under_voltage_alarm is not None:
         yield Finding("ok", "power", "supply voltage good since boot")
     c = r.clock
-    if c is not None and c.synced:
+    far = far_off(c, time.time(), clock_floor(box.root))
+    if far is not None:
+        yield Finding("fail", "clock", f"{far}: the agent refuses to mine until it is", ACTION)
+    elif c is not None and c.synced:
         yield Finding("ok", "clock", f"clock synchronised ({c.source})")
     elif c is not None and c.synced is False:
         yield Finding(

@@ -2,11 +2,11 @@
 
 Theory of operation: every ``poll_interval_s`` the service reads the sensors and probes the data
 disk in one worker-thread round (so neither a hung USB disk nor ``vcgencmd`` stalls the loop),
-then :meth:`apply` feeds the readings to the sans-I/O :class:`ThermalPolicy` and
-:class:`DiskPolicy`; their changes become work limits (``ctx.limits``) and events with their
-reasons. A separate LED task sleeps until the
-next edge of the current pattern (a steady pattern sleeps until something changes). SMART runs
-rarely, in the background, at idle I/O priority. Nothing is written to disk.
+then :meth:`apply` feeds the readings to the sans-I/O :class:`ThermalPolicy`,
+:class:`DiskPolicy` and :class:`ClockPolicy`; their changes become work limits (``ctx.limits``)
+and events with their reasons. A separate LED task sleeps until the next edge of the current
+pattern (a steady pattern sleeps until something changes). SMART runs rarely, in the
+background, at idle I/O priority. Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from node import log
 from node.events import Level
+from node.hwmon.clock import ACTION as CLOCK_ACTION
+from node.hwmon.clock import LIMIT_REASON as CLOCK_REASON
+from node.hwmon.clock import ClockChange, ClockPolicy, clock_floor
 from node.hwmon.disks import (
     LIMIT_REASON,
     DiskChange,
@@ -34,7 +37,7 @@ from node.hwmon.findings import Finding, by_severity
 from node.hwmon.gpio import Gpio, PwmFan, open_gpio
 from node.hwmon.leds import GpioLed, Led, LedDriver, LedSequencer, SysfsLed, choose_pattern
 from node.hwmon.parse import THROTTLE_FLAGS, SmartReport, parse_default_route
-from node.hwmon.sensors import LinuxSensors, Readings, Sensors, read_all, read_text
+from node.hwmon.sensors import ClockSync, LinuxSensors, Readings, Sensors, read_all, read_text
 from node.hwmon.smart import read_smart, smart_finding
 from node.hwmon.thermal import LevelChange, ThermalConfig, ThermalLevel, ThermalPolicy
 from node.limits import Restriction
@@ -64,16 +67,20 @@ class HwmonService:
         gpio: Gpio | None = None,
         leds: Sequence[Led] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.ctx = ctx
         self.cfg = ctx.config.hwmon
         self.root = Path(self.cfg.sysfs_root)
         self.clock = clock
+        self.wall = wall
         self.data_disk = data_disk_dir(ctx.config, ctx.data_dir)
         self.sensors = sensors or LinuxSensors(self.root)
         self.disk_probe = disk_probe or LinuxDiskProbe(self.root)
         self.policy = ThermalPolicy(ThermalConfig.from_section(self.cfg))
         self.disk_policy = DiskPolicy(self.cfg.low_space_percent)
+        self.clock_policy = ClockPolicy()
+        self.clock_floor = clock_floor(self.root)
         self._gpio = gpio
         self._given_leds = list(leds) if leds is not None else None
         self.leds: LedDriver = LedDriver([], LedSequencer("booting", clock()))
@@ -171,6 +178,12 @@ class HwmonService:
     async def start(self) -> None:
         if not self._devices_open:
             self._open_devices()
+        # Judge the clock before any other service takes work: the first poll comes later.
+        try:
+            sync = await asyncio.to_thread(self.sensors.clock)
+        except (OSError, SensorError):
+            sync = None
+        self._clock_step(sync)
         if self.expected_mount is None:
             first = await asyncio.to_thread(self.disk_probe.probe, self.data_disk, None)
             if first.present and first.mountpoint and first.mountpoint != "/":
@@ -196,6 +209,7 @@ class HwmonService:
             "thermal_level": self.policy.level.label,
             "cpu_temp_c": self.readings.soc_temp_c if self.readings else None,
             "disk": self.disk_policy.state,
+            "clock": self.clock_policy.state,
             "led_pattern": self._pattern(self.clock()),
             "polls": self.polls,
             "warnings": sum(f.level == "warn" for f in findings),
@@ -249,6 +263,7 @@ class HwmonService:
             except (HwmonError, RuntimeError) as exc:
                 self._missing("fan-write", Finding("warn", "fan", f"fan: {exc}", "check wiring"))
         self._power(readings, now)
+        self._clock_step(readings.clock)
         disk_change = self.disk_policy.update(disk)
         if disk_change is not None:
             self._disk_changed(disk_change)
@@ -289,6 +304,25 @@ class HwmonService:
             temp_c=change.temp_c,
         )
         _log.info("thermal_level", old=change.old.label, new=change.new.label, temp_c=change.temp_c)
+
+    def _clock_step(self, sync: ClockSync | None) -> None:
+        change = self.clock_policy.update(sync, self.wall(), self.clock_floor)
+        if change is not None:
+            self._clock_changed(change)
+
+    def _clock_changed(self, change: ClockChange) -> None:
+        self.ctx.limits.set(CLOCK_REASON, change.restriction)
+        if change.far_off:
+            self.ctx.events.emit(
+                "error",
+                self.name,
+                f"{change.reason}: uploads, audits and background scans stopped until the "
+                "time is synchronised",
+                action=CLOCK_ACTION,
+            )
+        else:
+            self.ctx.events.emit("info", self.name, f"{change.reason}: all work resumes")
+        _log.info("clock_state", far_off=change.far_off, reason=change.reason)
 
     def _disk_changed(self, change: DiskChange) -> None:
         self.ctx.limits.set(LIMIT_REASON, change.restriction)
@@ -456,7 +490,7 @@ class HwmonService:
                 r.throttled.now["throttled"] or r.throttled.now["frequency_capped"]
             ):
                 out.append(Finding("warn", "throttling", "the firmware is throttling the CPU now"))
-            if r.clock is not None and r.clock.synced is False:
+            if r.clock is not None and r.clock.synced is False and not self.clock_policy.far_off:
                 out.append(
                     Finding(
                         "warn",
@@ -465,6 +499,8 @@ class HwmonService:
                         "enable NTP: timedatectl set-ntp true",
                     )
                 )
+        if self.clock_policy.far_off:
+            out.append(Finding("fail", "clock", self.clock_policy.reason, CLOCK_ACTION))
         level = self.policy.level
         if level >= ThermalLevel.HOT:
             out.append(
@@ -500,8 +536,15 @@ class HwmonService:
         th = r.throttled
         flags = {k: False for k in THROTTLE_FLAGS}
         now_mono = self.clock()
+        sync = r.to_json().get("clock") or {"synced": None, "source": "none"}
         return {
             **r.to_json(),
+            "clock": {
+                **sync,
+                "state": self.clock_policy.state,
+                "reason": self.clock_policy.reason,
+                "floor": self.clock_floor,
+            },
             "cpu_temp_c": r.soc_temp_c,
             "thermal_level": self.policy.level.label,
             "thermal_reason": self.thermal_reason,
