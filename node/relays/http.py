@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ if TYPE_CHECKING:
     from node.relays.service import RelaysService
 
 ADMIN_TOKEN_FILE = "admin.token"
+MAX_WAIT_S = 30.0
 
 
 def _service(request: web.Request) -> RelaysService:
@@ -39,20 +42,27 @@ def _check_admin(request: web.Request) -> None:
         raise web.HTTPUnauthorized(text="admin token required (Authorization: Bearer TOKEN)\n")
 
 
+async def _admin_json(request: web.Request, strings: tuple[str, ...]) -> dict[str, Any]:
+    """The admin-only JSON object body, with string values under ``strings``."""
+    _check_admin(request)
+    shape = "{" + ", ".join(strings) + "}"
+    try:
+        body: Any = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"expected a JSON object {shape}\n") from None
+    if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in strings):
+        raise web.HTTPBadRequest(text=f"expected a JSON object {shape} with string values\n")
+    return body
+
+
 async def list_relays(request: web.Request) -> web.Response:
     svc = _service(request)
     return web.json_response({"relays": svc.relays(), "offers": svc.relay_offers()})
 
 
 async def enroll(request: web.Request) -> web.Response:
-    _check_admin(request)
+    body = await _admin_json(request, ("name",))
     svc = _service(request)
-    try:
-        body: Any = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text="expected a JSON object {name, home?}\n") from None
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        raise web.HTTPBadRequest(text="expected a JSON object with a string name\n")
     home = body.get("home")
     if home is None:
         host = request.url.host or "127.0.0.1"
@@ -69,6 +79,49 @@ async def enroll(request: web.Request) -> web.Response:
     )
 
 
+async def bridge_receive(request: web.Request) -> web.Response:
+    """Frames from the relays' BLE peers (end-to-end encrypted, base64), oldest first;
+    ``?wait=S`` waits up to S seconds (at most 30) for one."""
+    _check_admin(request)
+    svc = _service(request)
+    try:
+        wait = float(request.query.get("wait", "0"))
+    except ValueError:
+        raise web.HTTPBadRequest(text="wait must be a number of seconds\n") from None
+    if not 0 <= wait <= MAX_WAIT_S:
+        raise web.HTTPBadRequest(text=f"wait must be 0-{MAX_WAIT_S:g} seconds\n")
+    frames = await svc.bridge_frames(wait)
+    return web.json_response(
+        {
+            "frames": [
+                {"relay_id": f.relay_id, "at": f.at, "data": base64.b64encode(f.payload).decode()}
+                for f in frames
+            ]
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def bridge_send(request: web.Request) -> web.Response:
+    """Carry a frame ``{relay_id, data (base64)}`` to a relay's BLE peer."""
+    body = await _admin_json(request, ("relay_id", "data"))
+    svc = _service(request)
+    try:
+        payload = base64.b64decode(body["data"], validate=True)
+        bytes.fromhex(body["relay_id"])
+    except (ValueError, binascii.Error):
+        raise web.HTTPBadRequest(text="relay_id must be hex and data base64\n") from None
+    try:
+        sent = svc.send_bridge(body["relay_id"], payload)
+    except RelayError as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    if not sent:
+        raise web.HTTPConflict(text=f"relay {body['relay_id']} is not online\n")
+    return web.json_response({"sent": len(payload)})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/relays", list_relays)
     app.router.add_post("/api/relays/enroll", enroll)
+    app.router.add_get("/api/relays/bridge", bridge_receive)
+    app.router.add_post("/api/relays/bridge", bridge_send)

@@ -136,7 +136,10 @@ class RelaysService:
         self.offers: dict[tuple[str, int], Offer] = {}
         self.bridge_inbox: collections.deque[Bridged] = collections.deque(maxlen=BRIDGE_INBOX)
         self.counters = {"offers_used": 0, "bridge_in": 0, "bridge_out": 0, "bridge_dropped": 0}
+        self.ended = {r.name.lower(): 0 for r in w.EndReason}
+        """Allocations ended, by the reason the relay gave (freed, idle, quota, reset)."""
         self._bridge_ready = asyncio.Event()
+        self._closing: set[asyncio.Future[None]] = set()
         self._transport: asyncio.DatagramTransport | None = None
         self._waiters: dict[int, asyncio.Future[AllocGranted | AllocRefused]] = {}
 
@@ -195,10 +198,26 @@ class RelaysService:
             elif isinstance(ev, AllocEnded):
                 _log.info("relay_alloc_ended", relay=ev.relay_id.hex(), alloc=ev.alloc_id,
                           reason=ev.reason, packets=ev.packets, bytes=ev.bytes)  # fmt: skip
-                if self.offers.pop((ev.relay_id.hex(), ev.alloc_id), None) is not None:
+                with contextlib.suppress(ValueError):
+                    self.ended[w.EndReason(ev.reason).name.lower()] += 1
+                offer = self.offers.pop((ev.relay_id.hex(), ev.alloc_id), None)
+                if offer is not None:
+                    self._end_session(offer, ev.reason)
                     self._refresh_record()
             elif isinstance(ev, BridgeFrame):
                 self._bridged(ev)
+
+    def _end_session(self, offer: Offer, reason: int) -> None:
+        """The relay ended the allocation a session used (quota, idle): end the session too,
+        so it cannot carry on through whatever allocation takes those ports next."""
+        endpoint = self._endpoint()
+        if endpoint is None:
+            return
+        for conn in endpoint.connections:
+            if conn.remote_address == offer.box_leg:
+                task = asyncio.ensure_future(conn.close(f"relay allocation ended ({reason})"))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     def _bridged(self, ev: BridgeFrame) -> None:
         if len(self.bridge_inbox) == self.bridge_inbox.maxlen:
@@ -252,6 +271,8 @@ class RelaysService:
         if endpoint is None:
             return
         now = time.time()
+        # well within the relay's idle expiry, or a waiting offer would lapse
+        latch_every = min(LATCH_EVERY_S, self.ctx.config.relays.idle_ms / 3000)
         in_use = {c.remote_address: c for c in endpoint.connections if not c.is_closed}
         changed = False
         for key, offer in list(self.offers.items()):
@@ -273,7 +294,7 @@ class RelaysService:
                 self.free(offer.allocation)
                 del self.offers[key]
                 changed = True
-            elif offer.peer is None and now - offer.latched >= LATCH_EVERY_S:
+            elif offer.peer is None and now - offer.latched >= latch_every:
                 endpoint.send_raw(binding_indication(), offer.box_leg)
                 offer.latched = now
         for relay_id, session in list(self.manager.sessions.items()):
@@ -398,5 +419,6 @@ class RelaysService:
                 for k, o in self.offers.items()
             ],
             "bridge_waiting": len(self.bridge_inbox),
+            "ended": dict(self.ended),
             **self.counters,
         }

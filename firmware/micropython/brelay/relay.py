@@ -73,6 +73,7 @@ class Relay:
         self.buf = bytearray(_FRAME)
         self.cbuf = bytearray(wire.MAX_MSG)
         self.slots = [Slot(i, self.port_base) for i in range(MAX_SLOTS)]
+        self.next_slot = 0
         self.ctl = None
         self.state = OFFLINE
         self.challenge = b""
@@ -303,7 +304,11 @@ class Relay:
     def _alloc(self, body, now):
         alloc_id, ip_a, ip_b, byte_q, pkt_q, idle_ms = body
         free = None
-        for s in self.slots:
+        slots = self.slots
+        for k in range(MAX_SLOTS):
+            # Free slots are taken round-robin, so the ports of an allocation that just ended
+            # rest: late datagrams of its peers must not latch the next allocation.
+            s = slots[(self.next_slot + k) % MAX_SLOTS]
             if s.used and s.alloc_id == alloc_id:
                 # A retransmitted ALLOC: answer again, change nothing.
                 self._send(wire.ALLOC_OK, alloc_id, s.ports[0], s.ports[1])
@@ -326,6 +331,7 @@ class Relay:
             self._send(wire.ALLOC_ERR, alloc_id, wire.ERR_BAD)
             return
         s.used = True
+        self.next_slot = (s.index + 1) % MAX_SLOTS
         s.alloc_id = alloc_id
         s.ips[0] = ip_a
         s.ips[1] = ip_b
