@@ -63,10 +63,13 @@ class RunningAgent:
         return self.process.wait(timeout)
 
 
-def start_agent(data_dir: Path, extra: Sequence[str] = (), timeout: float = 20.0) -> RunningAgent:
-    """Start the agent as a subprocess and wait until it prints its URLs."""
+def start_agent(
+    data_dir: Path, extra: Sequence[str] = (), timeout: float = 20.0, prefix: Sequence[str] = ()
+) -> RunningAgent:
+    """Start the agent as a subprocess and wait until it prints its URLs. ``prefix`` runs it
+    under another command (``ip netns exec NS`` puts it in a lab namespace)."""
     cmd = [
-        sys.executable, "-m", "node", "run", "--data-dir", str(data_dir),
+        *prefix, sys.executable, "-m", "node", "run", "--data-dir", str(data_dir),
         "--listen", "127.0.0.1:0", "--web", "127.0.0.1:0", *extra,
     ]  # fmt: skip
     log_path = data_dir.parent / f"{data_dir.name}-agent.log"

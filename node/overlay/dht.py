@@ -91,6 +91,9 @@ class LookupDone(Event):
     """Answer rounds that led to the closest node found."""
     queried: int
     """Requests sent."""
+    found: NodeRecord | None = None
+    """The target's own (verified) record when some node returned it, even if the target
+    itself did not answer (it may sit behind a NAT that a DHT request cannot cross)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,8 +444,15 @@ class Kademlia:
                 list(lookup.providers.values()),
                 hops,
                 lookup.queried,
+                self._target_record(lookup, now),
             )
         )
+
+    def _target_record(self, lookup: _Lookup, now: float) -> NodeRecord | None:
+        cand = lookup.candidates.get(lookup.target)
+        if cand is None or not self._valid(cand.record, now):
+            return None
+        return cand.record
 
     # -- time ---------------------------------------------------------------------------------
 

@@ -74,6 +74,10 @@ class OverlayService:
         self._waiters: dict[int, asyncio.Future[LookupDone]] = {}
         self._seq = int(time.time())
         self.bootstrapped = asyncio.Event()
+        self._announce: asyncio.Task[None] | None = None
+        self._announce_again = False
+        self.announced_seq = 0
+        """Seq of our record as last carried to our closest nodes."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -111,9 +115,29 @@ class OverlayService:
         )
 
     def refresh_record(self) -> None:
-        """Re-sign our record (the NAT service calls this when addresses or class change)."""
-        if self.core is not None:
-            self.core.set_record(self.make_record())
+        """Re-sign our record (the NAT service calls this when addresses, class or relays
+        change) and, once joined, announce it: a lookup of our own id carries the new record
+        to the nodes closest to us, which are the ones others ask for it."""
+        if self.core is None:
+            return
+        self.core.set_record(self.make_record())
+        if self.bootstrapped.is_set() and self._loop is not None:
+            if self._announce is not None and not self._announce.done():
+                self._announce_again = True
+                return
+            self._announce = self._loop.create_task(self._announce_record())
+
+    async def _announce_record(self) -> None:
+        assert self.core is not None
+        while True:
+            self._announce_again = False
+            try:
+                await self.find_node(self.core.node_id)
+            except OverlayError as exc:
+                _log.info("dht_announce_failed", error=str(exc))
+            self.announced_seq = self.core.record.seq
+            if not self._announce_again:
+                return
 
     async def start(self) -> None:
         if self.core is not None:
@@ -147,6 +171,8 @@ class OverlayService:
                 self._timer.cancel()
             for task in list(self._tasks):
                 task.cancel()
+            if self._announce is not None:
+                self._announce.cancel()
 
     def _now(self) -> float:
         assert self._loop is not None
@@ -176,8 +202,12 @@ class OverlayService:
                 continue
             self.core.bootstrap_response(conn.peer_id, reply, self._now())
         if len(self.core.table):
+            seq = self.core.record.seq
             await self.find_node(self.core.node_id)
+            self.announced_seq = max(self.announced_seq, seq)
             self.bootstrapped.set()
+            if self.core.record.seq != self.announced_seq and self._loop is not None:
+                self._announce = self._loop.create_task(self._announce_record())
             self.ctx.events.emit(
                 "info", "overlay", f"joined the DHT ({len(self.core.table)} contacts)"
             )
@@ -317,6 +347,17 @@ class OverlayService:
         done = await self._wait(core.find_node(node_id, self._now()))
         return next((r for r in done.nodes if r.node_id == node_id), None)
 
+    async def find_record(self, node_id: bytes) -> NodeRecord | None:
+        """The record of ``node_id``: from a lookup (answered or only passed along by others),
+        else from the routing table."""
+        core = self._core()
+        done = await self._wait(core.find_node(node_id, self._now()))
+        found = next((r for r in done.nodes if r.node_id == node_id), done.found)
+        if found is not None:
+            return found
+        contact = self._core().table.get(node_id)
+        return contact.record if contact is not None else None
+
     async def closest_nodes(self, key: bytes, n: int) -> list[NodeRecord]:
         """Up to ``n`` live nodes closest to ``key`` (placement of chunks)."""
         core = self._core()
@@ -361,6 +402,13 @@ class OverlayService:
             "provided_keys": len(self.core.provided),
             "stored_provider_keys": len(self.core.providers),
             "bootstrapped": self.bootstrapped.is_set(),
+            "record": {
+                "seq": self.core.record.seq,
+                "announced_seq": self.announced_seq,
+                "addresses": list(self.core.record.addresses),
+                "nat_class": self.core.record.nat_class,
+                "relays": list(self.core.record.relays),
+            },
             **self.core.counters,
         }
 

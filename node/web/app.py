@@ -640,6 +640,9 @@ def make_app(ctx: AgentContext) -> web.Application:
     from node.relays.http import add_routes as add_relay_routes
 
     add_relay_routes(app)
+    from node.transport.nat.http import add_routes as add_nat_routes
+
+    add_nat_routes(app)
     return app
 
 

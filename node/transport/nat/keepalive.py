@@ -1,9 +1,11 @@
 """Keepalives that hold NAT bindings open, sized from the measured binding lifetime.
 
-Measuring (after RFC 5780 section 4.6): the node's port asks a STUN server for its mapping,
-stays silent for ``t`` seconds, then a second local socket asks the same server to answer to
-that mapping's port (RESPONSE-PORT). The answer reaches the node's port only if the router
-still holds the binding, so a binary search over ``t`` brackets the router's UDP timeout.
+Measuring (after RFC 5780 section 4.6): a socket asks a STUN server for its mapping, stays
+silent for ``t`` seconds, then a second local socket asks the same server to answer to that
+mapping's port (RESPONSE-PORT). The answer reaches the first socket only if the router still
+holds the binding, so a search over ``t`` brackets the router's UDP timeout. The agent
+measures from two sockets of their own: the node's port talks to the servers (bootstrap
+peers) all the time, so its binding towards them is never idle.
 
 Holding: :class:`Keepalive` sends a 20-byte STUN Binding indication (RFC 8489 section 6.1:
 indications are not answered) to every directly connected peer at half the measured
@@ -87,22 +89,31 @@ async def measure_binding_lifetime(
 ) -> float:
     """A lower bound (within ``precision``) of how long the router keeps an idle binding.
 
-    Returns ``high`` when the binding outlives it; raises NatError when even ``low`` is too
-    long (the router forgets bindings almost at once: keepalives cannot help).
+    Idle times double from ``low`` until a binding dies (so a short timeout is found in
+    seconds, not after ``high``), then a binary search narrows the bracket. Returns ``high``
+    when the binding outlives it; raises NatError when even ``low`` is too long (the router
+    forgets bindings almost at once: keepalives cannot help).
     """
     try:
-        if await binding_alive_after(primary, probe, server, high):
-            return high
         if not await binding_alive_after(primary, probe, server, low):
             raise NatError(f"the router drops UDP bindings within {low:g} s")
+        wait = low
+        while True:
+            wait = min(high, wait * 2)
+            if not await binding_alive_after(primary, probe, server, wait):
+                high = wait
+                break
+            low = wait
+            if wait >= high:
+                return high
+        while high - low > precision:
+            mid = (low + high) / 2
+            if await binding_alive_after(primary, probe, server, mid):
+                low = mid
+            else:
+                high = mid
     except StunTimeout as exc:
         raise NatError(f"STUN server {server[0]}:{server[1]} did not answer: {exc}") from exc
-    while high - low > precision:
-        mid = (low + high) / 2
-        if await binding_alive_after(primary, probe, server, mid):
-            low = mid
-        else:
-            high = mid
     _log.info("binding_lifetime_measured", seconds=round(low, 1))
     return low
 

@@ -3,21 +3,28 @@
 It sits on the transport endpoint: STUN datagrams (the endpoint demultiplexes them by the magic
 cookie) come to a :class:`StunAgent` that answers binding requests (every publicly reachable
 node is a STUN server for the others) and runs our own client transactions. Every
-``rediscover_s`` it classifies the NAT from ``[nat] stun_servers`` (or the bootstrap peers),
-asks the home router for a port mapping when the NAT is not public, and re-signs the node's
-DHT record with what it learned.
+``rediscover_s`` it classifies the NAT from ``[nat] stun_servers`` (or the bootstrap peers;
+a failed check is retried sooner, with back-off), asks the home router for a port mapping
+when the NAT is not public, keeps relay reservations on the bootstrap peers (renewed when a
+relay goes away), and re-signs the node's DHT record with what it learned.
+
+:meth:`NatService.reach` is the owner's reachability check (``POST /api/network/reach``):
+look a node id up in the DHT, connect as the NAT allows, echo bytes over a ``reach`` stream
+and report the path the session took.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from node import log
 from node.config import parse_hostport
+from node.identity import encode_id
 from node.overlay.records import RELAY_MICROPYTHON, relay_kind
 from node.transport.nat.aio import StunAgent, open_stun_socket
 from node.transport.nat.discovery import NatClass, NatReport, discover
@@ -32,9 +39,15 @@ from node.transport.nat.traversal import Traversal, predicted
 if TYPE_CHECKING:
     from node.agent import AgentContext
     from node.overlay.records import NodeRecord
-    from node.transport.endpoint import Connection, Endpoint
+    from node.transport.endpoint import Connection, Endpoint, Stream
 
 _log = log.get_logger(__name__)
+
+REACH_PROTOCOL = "reach"
+REACH_MAX = 65536
+REACH_TIMEOUT = 15.0
+RETRY_MIN = 5.0  # first retry of a failed NAT check
+RELAY_CHECK_S = 15.0  # how often lost relay reservations are replaced
 
 
 def local_ips() -> frozenset[str]:
@@ -68,6 +81,9 @@ class NatService:
         self.binding_lifetime: float | None = None
         self.keepalive: Keepalive | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._measuring: asyncio.Task[None] | None = None
+        self._connecting: dict[bytes, asyncio.Future[Connection]] = {}
+        self._mapping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self.stun is not None:
@@ -98,6 +114,7 @@ class NatService:
             self.relay_server = RelayServer(endpoint, limits)
             self.relay_server.attach()
         self.keepalive = Keepalive(endpoint.send_raw, self._direct_peers)
+        endpoint.set_handler(REACH_PROTOCOL, self._serve_reach)
 
     def stun_servers(self) -> list[Address]:
         texts = self.cfg.stun_servers or self.ctx.config.network.bootstrap
@@ -105,15 +122,31 @@ class NatService:
 
     async def run(self) -> None:
         assert self.keepalive is not None
+        loop = asyncio.get_running_loop()
         self._tasks.append(asyncio.create_task(self.keepalive.run()))
+        next_check = loop.time()
+        retry = RETRY_MIN
         try:
             while True:
-                report = await self.check()
-                if report is not None and report.nat_class != NatClass.PUBLIC:
+                if loop.time() >= next_check:
+                    report = await self.check()
+                    if report is None and self.stun_servers():
+                        next_check = loop.time() + min(retry, self.cfg.rediscover_s)
+                        retry *= 2
+                    else:
+                        next_check = loop.time() + self.cfg.rediscover_s
+                        retry = RETRY_MIN
+                    if (
+                        report is not None
+                        and report.nat_class != NatClass.PUBLIC
+                        and self.binding_lifetime is None
+                        and (self._measuring is None or self._measuring.done())
+                    ):
+                        self._measuring = asyncio.create_task(self._measure())
+                        self._tasks.append(self._measuring)
+                if self.report is not None and self.report.nat_class != NatClass.PUBLIC:
                     await self._reserve_relays()
-                    if self.binding_lifetime is None:
-                        self._tasks.append(asyncio.create_task(self._measure()))
-                await asyncio.sleep(self.cfg.rediscover_s)
+                await asyncio.sleep(max(0.0, min(RELAY_CHECK_S, next_check - loop.time())))
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -126,20 +159,25 @@ class NatService:
                 self.stun.close()
 
     async def _measure(self) -> None:
-        """Measure how long the router keeps idle bindings and size keepalives from it."""
-        assert self.stun is not None and self.keepalive is not None
+        """Measure how long the router keeps idle bindings and size keepalives from it.
+
+        Two sockets of its own: the node's port is never idle towards the STUN servers,
+        which are also its bootstrap peers and relays."""
+        assert self.keepalive is not None
         servers = self.stun_servers()
         if not servers:
             return
+        primary = await open_stun_socket(("0.0.0.0", 0))
         probe = await open_stun_socket(("0.0.0.0", 0))
         try:
             self.binding_lifetime = await measure_binding_lifetime(
-                self.stun, probe.agent, servers[0]
+                primary.agent, probe.agent, servers[0]
             )
         except NatError as exc:
             _log.info("binding_lifetime_unknown", error=str(exc))
             return
         finally:
+            primary.close()
             probe.close()
         self.keepalive.interval = interval_for(self.binding_lifetime)
         _log.info("keepalive_sized", interval=self.keepalive.interval)
@@ -147,22 +185,25 @@ class NatService:
     async def _reserve_relays(self) -> None:
         """Hold reservations on the bootstrap peers so others can reach us through them."""
         assert self.endpoint is not None and self.traversal is not None
+        before = self.relay_addresses()
         for text in self.ctx.config.network.bootstrap:
             addr = parse_hostport(text)
             conn = self.relay_conns.get(addr)
-            if conn is not None and not conn.is_closed:
+            if conn is not None and self._reserved(conn):
                 continue
             try:
-                conn = await self.endpoint.connect(addr, timeout=5.0)
+                if conn is None or conn.is_closed:
+                    conn = await self.endpoint.connect(addr, timeout=5.0)
                 await self.traversal.relays.reserve(conn)
             except Exception as exc:  # a relay that is down or full: others may do
                 _log.info("relay_reservation_failed", relay=text, error=str(exc))
                 continue
             self.relay_conns[addr] = conn
-        overlay = self.ctx.services.get("overlay")
-        refresh = getattr(overlay, "refresh_record", None)
-        if callable(refresh):
-            refresh()
+        if self.relay_addresses() != before:
+            overlay = self.ctx.services.get("overlay")
+            refresh = getattr(overlay, "refresh_record", None)
+            if callable(refresh):
+                refresh()
 
     def _direct_peers(self) -> list[Address]:
         if self.endpoint is None or self.traversal is None:
@@ -192,8 +233,28 @@ class NatService:
                 out.extend((h, port) for h in ips if ":" not in h and not h.startswith("127."))
         return list(dict.fromkeys(out))
 
+    def session_with(self, node_id: bytes) -> Connection | None:
+        """An open session with ``node_id``, a direct one if there are several."""
+        assert self.endpoint is not None
+        conns = [c for c in self.endpoint.connections if c.peer_id == node_id and not c.is_closed]
+        conns.sort(key=lambda c: self.path_of(c) == "relayed")
+        return conns[0] if conns else None
+
     async def connect_record(self, record: NodeRecord) -> Connection:
-        """A session with the node of ``record``: direct, or relayed and then upgraded."""
+        """A session with the node of ``record``: the open one, else a new one (direct, or
+        relayed and then upgraded). Concurrent calls for one node share one attempt, so DHT
+        lookups running side by side do not open a session each."""
+        conn = self.session_with(record.node_id)
+        if conn is not None:
+            return conn
+        pending = self._connecting.get(record.node_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._connect_record(record))
+            self._connecting[record.node_id] = pending
+            pending.add_done_callback(lambda f: self._connecting.pop(record.node_id, None))
+        return await asyncio.shield(pending)
+
+    async def _connect_record(self, record: NodeRecord) -> Connection:
         assert self.endpoint is not None and self.traversal is not None
         addresses = [parse_hostport(a) for a in record.addresses]
         relays: list[Connection] = []
@@ -232,10 +293,77 @@ class NatService:
                 errors.append(f"relay board {addr[0]}:{addr[1]}: {exc}")
         raise NatError("; ".join(errors))
 
+    async def reach(self, node_id: bytes, size: int = 1024, fresh: bool = False) -> dict[str, Any]:
+        """Find ``node_id`` through the DHT, connect (or reuse the session), echo ``size``
+        bytes both ways and report the path; ``fresh`` closes an existing session first.
+        Raises NatError when the node cannot be found or reached."""
+        assert self.endpoint is not None and self.traversal is not None
+        if not 0 < size <= REACH_MAX:
+            raise NatError(f"reach payload of {size} bytes: use 1 to {REACH_MAX}")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        conn = self.session_with(node_id)
+        if conn is not None and fresh:
+            await conn.close("reconnect for a reachability check")
+            conn = None
+        if conn is None:
+            overlay = self.ctx.services.get("overlay")
+            find = getattr(overlay, "find_record", None)
+            if not callable(find):
+                raise NatError("reaching a node needs the overlay service; it is not running")
+            record = await find(node_id)
+            if record is None:
+                raise NatError(f"node {encode_id(node_id)} is not in the DHT")
+            conn = await asyncio.wait_for(self.connect_record(record), REACH_TIMEOUT)
+        payload = secrets.token_bytes(size)
+        stream = await conn.open_stream(REACH_PROTOCOL)
+        try:
+            stream.write(payload)
+            stream.write_eof()
+            echoed = await asyncio.wait_for(stream.read(), REACH_TIMEOUT)
+        finally:
+            stream.close()
+        if echoed != payload:
+            raise NatError(f"node {encode_id(node_id)} echoed {len(echoed)} wrong bytes")
+        ttfb = loop.time() - began
+        first = self.path_of(conn)
+        await self.traversal.settled(node_id)
+        addr = conn.remote_address
+        return {
+            "node_id": encode_id(node_id),
+            "path": self.path_of(conn),
+            "first_path": first,
+            "address": f"{addr[0]}:{addr[1]}",
+            "echo_s": round(ttfb, 4),
+            "rtt_ms": round(conn.rtt * 1000, 2) if conn.rtt is not None else None,
+            "bytes": size,
+        }
+
+    async def _serve_reach(self, conn: Connection, stream: Stream) -> None:
+        got = b""
+        while len(got) <= REACH_MAX:
+            chunk = await asyncio.wait_for(stream.read(REACH_MAX + 1 - len(got)), REACH_TIMEOUT)
+            if not chunk:
+                break
+            got += chunk
+        if len(got) > REACH_MAX:
+            stream.reset()
+            return
+        stream.write(got)
+        stream.write_eof()
+        await stream.drain()
+
+    def _reserved(self, conn: Connection) -> bool:
+        """Whether ``conn`` (to a relay) carries our reservation, not just our own traffic."""
+        if conn.is_closed or self.traversal is None:
+            return False
+        stream = self.traversal.relays.reservations.get(conn.peer_id)
+        return stream is not None and stream.connection is conn
+
     def relay_addresses(self) -> list[str]:
         """Relays that hold a reservation for us, then the open allocations on our MicroPython
         relay boards (``mp:HOST:PORT``), for our DHT record."""
-        out = [f"{h}:{p}" for (h, p), c in self.relay_conns.items() if not c.is_closed]
+        out = [f"{h}:{p}" for (h, p), c in self.relay_conns.items() if self._reserved(c)]
         boards = getattr(self.ctx.services.get("relays"), "record_offers", None)
         if callable(boards):
             out.extend(str(b) for b in boards())
@@ -271,19 +399,31 @@ class NatService:
             self.cfg.port_mapping
             and report.nat_class not in (NatClass.PUBLIC, NatClass.BLOCKED)
             and self.mapper is None
+            and (self._mapping is None or self._mapping.done())
         ):
-            self.mapper = PortMapper(self.endpoint.local_address[1], self.cfg.mapping_lifetime_s)
-            try:
-                await self.mapper.start()
-            except NatError as exc:
-                _log.info("port_mapping_unavailable", error=str(exc))
-                self.mapper = None
+            # in the background: a router without PCP, NAT-PMP or UPnP takes seconds to say so
+            self._mapping = asyncio.create_task(self._map_port())
+            self._tasks.append(self._mapping)
         overlay = self.ctx.services.get("overlay")
         refresh = getattr(overlay, "refresh_record", None)
         if changed and callable(refresh):
             refresh()
         self.discovered.set()
         return report
+
+    async def _map_port(self) -> None:
+        assert self.endpoint is not None
+        mapper = PortMapper(self.endpoint.local_address[1], self.cfg.mapping_lifetime_s)
+        try:
+            await mapper.start()
+        except NatError as exc:
+            _log.info("port_mapping_unavailable", error=str(exc))
+            return
+        self.mapper = mapper
+        overlay = self.ctx.services.get("overlay")
+        refresh = getattr(overlay, "refresh_record", None)
+        if callable(refresh):
+            refresh()
 
     # -- what other services read -----------------------------------------------------------
 

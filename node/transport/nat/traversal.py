@@ -36,6 +36,7 @@ CHECK_RTO = 0.1
 CHECK_ATTEMPTS = 7  # 0.1 s doubling: the last check leaves 6.3 s after the first
 PREDICTED_PORTS = 3
 DIRECT_CLASSES = frozenset({"public", "full-cone"})
+FOLLOW_GRACE = 1.0  # seconds to let a session follow its peer off a closed relayed path
 
 _log = log.get_logger(__name__)
 
@@ -96,6 +97,8 @@ class Traversal:
         self.candidates = candidates
         self.credentials = credentials
         self.upgraded: dict[bytes, Address] = {}
+        self.upgrading: dict[bytes, asyncio.Task[object]] = {}
+        """Upgrade attempts in progress (either side), by peer id."""
         self.counters = {
             "direct": 0,
             "relayed": 0,
@@ -147,10 +150,27 @@ class Traversal:
             self.counters["relayed"] += 1
             self._watch(conn, shim, target, relays, relay.peer_id)
             if upgrade:
-                task = asyncio.create_task(self.upgrade(conn))
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                self._track(conn.peer_id, asyncio.create_task(self.upgrade(conn)))
             return conn
         raise NatError("cannot reach peer: " + "; ".join(errors or ["no address and no relay"]))
+
+    def _track(self, peer_id: bytes, task: asyncio.Task[object]) -> None:
+        self.upgrading[peer_id] = task
+
+        def done(t: asyncio.Task[object]) -> None:
+            if self.upgrading.get(peer_id) is t:
+                del self.upgrading[peer_id]
+            if not t.cancelled():
+                t.exception()
+
+        task.add_done_callback(done)
+
+    async def settled(self, peer_id: bytes, timeout: float = 15.0) -> None:
+        """Wait (at most ``timeout``) for an upgrade of the session with ``peer_id`` to end."""
+        task = self.upgrading.get(peer_id)
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
 
     def _watch(
         self,
@@ -169,10 +189,21 @@ class Traversal:
         def died(_: object) -> None:
             if not conn.is_closed and conn.remote_address == shim:
                 others = [r for r in relays if r.peer_id != relay_id]
-                spawned = asyncio.ensure_future(self._replace(conn, target, others))
+                spawned = asyncio.ensure_future(self._lost(conn, shim, target, others))
                 spawned.add_done_callback(lambda t: t.cancelled() or t.exception())
 
         task.add_done_callback(died)
+
+    async def _lost(
+        self, conn: Connection, shim: Address, target: bytes, relays: list[Connection]
+    ) -> None:
+        # The peer closes the relayed path once it has punched a direct one; our transport
+        # follows the session there when the peer's packets arrive. Replace the relay only if
+        # the session is still on the dead path when any upgrade has ended.
+        await self.settled(conn.peer_id)
+        await asyncio.sleep(FOLLOW_GRACE)
+        if not conn.is_closed and conn.remote_address == shim:
+            await self._replace(conn, target, relays)
 
     async def _replace(self, conn: Connection, target: bytes, relays: list[Connection]) -> None:
         for relay in relays:
@@ -223,6 +254,9 @@ class Traversal:
         return addr
 
     async def _serve_punch(self, conn: Connection, stream: Stream) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._track(conn.peer_id, task)
         their_ufrag, their_pwd, theirs = decode_offer(await _read_msg(stream))
         ufrag, pwd, cands = self._local_offer()
         await _write_msg(stream, encode_offer(ufrag, pwd, cands))
