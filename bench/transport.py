@@ -257,16 +257,32 @@ def bitchat_bulk_client(connect: str, limit: float) -> dict[str, Any]:
         chunk = bytes(CHUNK)
         sent = 0
         deadline = time.monotonic() + limit
+        trace = os.environ.get("BENCH_TRANSPORT_TRACE")
+        tracer = asyncio.create_task(_trace(connection, trace)) if trace else None
         with contextlib.suppress(Exception):
             while time.monotonic() < deadline:
                 stream.write(chunk)
                 await stream.drain()
                 sent += len(chunk)
+        if tracer is not None:
+            tracer.cancel()
         with contextlib.suppress(Exception):
             await endpoint.close()
         return sent
 
     return {"sent": asyncio.run(run())}
+
+
+async def _trace(connection: Any, path: str) -> None:
+    """With BENCH_TRANSPORT_TRACE=file: the sender's session status, one JSON line per 0.5 s."""
+    with open(f"{path}.{os.getpid()}", "w") as out:
+        while True:
+            await asyncio.sleep(0.5)
+            out.write(
+                json.dumps({"t": round(time.monotonic() - STARTED, 2), **connection.status()})
+                + "\n"
+            )
+            out.flush()
 
 
 def _rss_mb() -> float:

@@ -29,6 +29,7 @@ proves delivered is never resent: a spurious timeout cannot cause a retransmissi
 from __future__ import annotations
 
 import os
+import struct
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -53,12 +54,13 @@ from node.transport.events import (
     StreamReset,
     StreamsAvailable,
 )
-from node.transport.noise import HandshakeState, nonce_bytes, rekey
+from node.transport.noise import HandshakeState, rekey
 
 Address = tuple[str, int]
 
 PROLOGUE = b"bitchat-node transport v1"
 REPLAY_WINDOW = 1024
+_REPLAY_MASK = (1 << REPLAY_WINDOW) - 1
 
 # RFC 9002 section 6.1 / RFC 6298
 K_PACKET_THRESHOLD = 3
@@ -75,7 +77,8 @@ K_LOST_MEMORY = 256  # packets remembered after being declared lost (late ACKs)
 K_MAX_ACK_DELAY_CC = 1.0  # largest reported ACK delay taken off a congestion-control sample
 K_PACING_TICK = 0.0002  # shortest pacing wait, seconds
 K_PACING_BURST = 8  # datagrams that may leave back to back
-K_PACING_WINDOW = 0.010  # seconds of pacing credit kept across a late timer
+K_PACING_WINDOW = 0.010  # seconds of pacing credit kept across an idle period
+K_PACING_CATCHUP = 0.025  # ... and across a late timer while pacing held packets back
 
 # error codes carried in CLOSE and RESET_STREAM
 NO_ERROR = 0
@@ -88,6 +91,12 @@ STREAM_REFUSED = 6
 APPLICATION_CLOSED = 7
 
 _AEAD_OVERHEAD = wire.SHORT_HEADER_LEN + wire.TAG_LEN
+_PN = struct.Struct(">Q")  # packet number in the short header
+_NONCE = struct.Struct("<4xQ")  # the Noise ChaChaPoly nonce of packet number n
+_SHORT_FIRST = (
+    bytes((wire.FIXED_BIT | wire.PacketType.DATA,)),
+    bytes((wire.FIXED_BIT | wire.KEY_PHASE_BIT | wire.PacketType.DATA,)),
+)
 K_WINDOW_FLOOR = 128 << 10  # connection credit a session always has, beyond the shared budget
 
 
@@ -302,6 +311,7 @@ class RecvStream:
         "fin_offset",
         "finished",
         "highest",
+        "notified",
         "read_offset",
         "ready",
         "reset_code",
@@ -317,6 +327,7 @@ class RecvStream:
         self.advertised = window
         self.eof_read = False
         self.finished = False
+        self.notified = False
         self.reset_code: int | None = None
         self.stopped = False
 
@@ -466,6 +477,7 @@ class ConnectionCore:
         self._pacing_budget = float(cfg.max_datagram_size * 10)
         self._pacing_time = now
         self._pacing_timer: float | None = None
+        self._paced = False  # the last send loop stopped for pacing
         self.rate_cap: float | None = None  # bytes/s imposed from outside (work limits)
         # streams and flow control
         self._send_streams: dict[int, SendStream] = {}
@@ -751,7 +763,7 @@ class ConnectionCore:
         if len(data) < _AEAD_OVERHEAD + 1:
             self.counters["malformed"] += 1
             return
-        pn = int.from_bytes(data[9:17], "big")
+        pn = _PN.unpack_from(data, 9)[0]
         phase = 1 if data[0] & wire.KEY_PHASE_BIT else 0
         largest = self._largest_received
         if pn <= largest and (
@@ -770,7 +782,7 @@ class ConnectionCore:
         else:
             key = new_key = rekey(self._recv_key)
         try:
-            plain = open_(key, nonce_bytes(pn), data[17:], data[:17])
+            plain = open_(key, _NONCE.pack(pn), data[17:], data[:17])
         except (CryptoError, ValueError, TypeError):
             self.counters["auth_failed"] += 1
             return
@@ -782,7 +794,7 @@ class ConnectionCore:
             self.counters["key_updates"] += 1
         if pn > largest:
             shift = pn - largest
-            self._replay_bits = ((self._replay_bits << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self._replay_bits = ((self._replay_bits << shift) | 1) & _REPLAY_MASK
             self._largest_received = pn
             self._largest_received_time = now
             if pn != largest + 1:
@@ -829,10 +841,7 @@ class ConnectionCore:
             t = data[buf.pos]
             if t == wire.FrameType.STREAM or t == wire.FrameType.STREAM_FIN:
                 buf.pos += 1
-                sid = buf.pull_varint()
-                offset = buf.pull_varint()
-                length = buf.pull_varint_max(wire.MAX_DATAGRAM_SIZE, "STREAM length")
-                chunk = buf.pull_bytes(length)
+                sid, offset, chunk = wire.pull_stream_body(buf)
                 self._on_stream(sid, offset, chunk, t == wire.FrameType.STREAM_FIN, now)
                 eliciting = True
                 continue
@@ -937,9 +946,13 @@ class ConnectionCore:
         had_eof = rs.finished
         new = rs.insert(offset, chunk)
         if (new or (fin and rs.at_eof())) and not had_eof:
-            if rs.at_eof():
+            eof = rs.at_eof()
+            if eof:
                 rs.finished = True
-            self.events.append(StreamDataReceived(stream_id=sid))
+            # one event until the application reads again (not one per packet), and the end
+            if eof or not rs.notified:
+                rs.notified = True
+                self.events.append(StreamDataReceived(stream_id=sid))
 
     def _on_reset(self, sid: int, code: int, final_size: int) -> None:
         try:
@@ -972,6 +985,7 @@ class ConnectionCore:
         rs = self._recv_streams.get(sid)
         if rs is None:
             return b"", False
+        rs.notified = False
         if rs.reset_code is not None:
             rs.eof_read = True
             self._maybe_forget(sid)
@@ -1460,8 +1474,8 @@ class ConnectionCore:
             self._send_phase ^= 1
             self._send_phase_start = pn
             self.counters["key_updates"] += 1
-        header = wire.short_header(self.remote_cid, pn, self._send_phase)
-        return header + seal(self._send_key, nonce_bytes(pn), bytes(payload), header)
+        header = _SHORT_FIRST[self._send_phase] + self.remote_cid + _PN.pack(pn)
+        return header + seal(self._send_key, _NONCE.pack(pn), bytes(payload), header)
 
     def _ack_frame(self, buf: wire.Buffer, now: float) -> None:
         ranges = [(a, b - 1) for a, b in reversed(self._received.ranges())]
@@ -1489,40 +1503,47 @@ class ConnectionCore:
         if self.state != State.ESTABLISHED:
             return out
         # path probes and responses go to the path they concern
-        for frame, paddr in self._path_out:
-            out.append((self._seal(self._single(frame), now), paddr))
-        self._path_out.clear()
+        if self._path_out:
+            for frame, paddr in self._path_out:
+                out.append((self._seal(self._single(frame), now), paddr))
+            self._path_out.clear()
+        if not (self._ack_eliciting_pending or self._ack_immediate or self._has_payload()):
+            return out
         cc = self.cc
         srtt = self.smoothed_rtt or K_INITIAL_RTO / 3
         rate = cc.pacing_rate(srtt)
         if self.rate_cap is not None:
             rate = min(rate, self.rate_cap)
-        budget_cap = max(K_PACING_BURST * mds, rate * K_PACING_WINDOW)
+        # When pacing held packets back and the process woke late (a busy host), the link
+        # has drained meanwhile: the credit of that time is kept (up to half an RTT) instead
+        # of lost, so a sender that is scheduled late does not fall below the pacing rate.
+        window = min(srtt / 2, K_PACING_CATCHUP) if self._paced else K_PACING_WINDOW
+        budget_cap = max(K_PACING_BURST * mds, rate * window)
         self._pacing_budget = min(
             budget_cap, self._pacing_budget + (now - self._pacing_time) * rate
         )
         self._pacing_time = now
         self._pacing_timer = None
+        self._paced = False
         counters = self.counters
         while True:
             if not self.address_validated and self.bytes_sent + mds > self.bytes_received:
                 break
+            pending = self._ack_eliciting_pending
             ack_due = (
-                self._ack_eliciting_pending >= 2
+                pending >= 2
                 or self._ack_immediate
-                or (
-                    self._ack_eliciting_pending > 0
-                    and self._ack_timer is not None
-                    and now >= self._ack_timer
-                )
+                or (pending > 0 and self._ack_timer is not None and now >= self._ack_timer)
             )
+            has_payload = self._has_payload()
             room = cc.congestion_window - self.bytes_in_flight
-            can_send = (room >= mds or self._probe_packets > 0) and self._has_payload()
+            can_send = has_payload and (room >= mds or self._probe_packets > 0)
             if can_send and self._pacing_budget < mds - 1 and self._probe_packets == 0:
                 self._pacing_timer = now + max((mds - self._pacing_budget) / rate, K_PACING_TICK)
+                self._paced = True
                 can_send = False
                 counters["pacing_waits"] += 1
-            elif room < mds and self._has_payload():
+            elif room < mds and has_payload:
                 counters["cwnd_limited"] += 1
             if not can_send and not ack_due:
                 break
@@ -1583,21 +1604,15 @@ class ConnectionCore:
         self, buf: wire.Buffer, space: int
     ) -> tuple[list[wire.Frame] | None, list[tuple[int, int, int, bool]] | None, bool]:
         frames: list[wire.Frame] = []
-        if self._max_data_pending:
-            self._max_data_pending = False
-            frames.append(wire.MaxData(self._local_max_data))
-        if self._max_streams_pending:
-            self._max_streams_pending = False
-            frames.append(wire.MaxStreams(self._local_max_streams))
-        while self._max_stream_data_pending and len(frames) < 16:
-            sid = self._max_stream_data_pending.pop()
-            rs = self._recv_streams.get(sid)
-            if rs is not None:
-                frames.append(wire.MaxStreamData(sid, rs.advertised))
-        while self._control and len(frames) < 32:
-            frames.append(self._control.pop(0))
-        for f in frames:
-            wire.push_frame(buf, f)
+        if (
+            self._max_data_pending
+            or self._max_streams_pending
+            or self._max_stream_data_pending
+            or self._control
+        ):
+            self._fill_control(frames)
+            for f in frames:
+                wire.push_frame(buf, f)
         eliciting = bool(frames)
         if self._ping_pending:
             self._ping_pending = False
@@ -1630,6 +1645,21 @@ class ConnectionCore:
         if streams:
             eliciting = True
         return (frames or None), (streams or None), eliciting
+
+    def _fill_control(self, frames: list[wire.Frame]) -> None:
+        if self._max_data_pending:
+            self._max_data_pending = False
+            frames.append(wire.MaxData(self._local_max_data))
+        if self._max_streams_pending:
+            self._max_streams_pending = False
+            frames.append(wire.MaxStreams(self._local_max_streams))
+        while self._max_stream_data_pending and len(frames) < 16:
+            sid = self._max_stream_data_pending.pop()
+            rs = self._recv_streams.get(sid)
+            if rs is not None:
+                frames.append(wire.MaxStreamData(sid, rs.advertised))
+        while self._control and len(frames) < 32:
+            frames.append(self._control.pop(0))
 
     def _fill_stream(
         self,
@@ -1672,7 +1702,8 @@ class ConnectionCore:
             return wrote
         wire.push_stream_header(buf, sid, off, n, fin)
         if n:
-            buf.push_bytes(s.data(off, n))
+            i = off - s.base
+            buf.data += s.buf[i : i + n]
         s.next_offset = off + n
         self._data_sent += n
         streams.append((sid, off, n, fin))

@@ -320,7 +320,9 @@ class Tolerant(CongestionControl):
             "bandwidth_bps": round(self.bandwidth * 8),
             "max_bandwidth_bps": round(self.max_bandwidth * 8),
             "min_rtt_ms": round(self.min_rtt * 1000, 2),
+            "queued_bytes": round(self.diff),
             "loss_rate": round(self.loss_rate, 4),
+            "random_losses": self.random_losses,
             "congestion_events": self.congestion_events,
             "competing": self.competing,
         }
