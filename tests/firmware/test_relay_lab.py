@@ -8,15 +8,35 @@ message does nothing.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientSession, web
 from brelay import relay as fw_relay
 
 from lab import Lab, Nat
+from lab.routers import Router, ruleset
+from node.overlay.records import RELAY_MICROPYTHON, relay_kind
 from node.relays import _wire as w
+from node.relays.http import add_routes
 from node.relays.manager import AllocEnded
+from node.transport.errors import TransportError
+from node.web.app import CTX_KEY
+from tests.firmware.boxrig import (
+    echo,
+    nat_of,
+    overlay_of,
+    relay_board,
+    relays_of,
+    running,
+    start_node,
+    stop_node,
+    until,
+)
 from tests.firmware.harness import Rig
 from tests.lab.conftest import require_lab
 
@@ -73,3 +93,88 @@ def test_relay_between_two_symmetric_nats(lab: Lab, tmp_path: Path) -> None:
         assert rig.relay.state == fw_relay.RUNNING
     finally:
         rig.close()
+
+
+def _forward(router: Router, to: str, port: int) -> None:
+    """The owner's port forward of UDP ``port`` to ``to`` (the box's relays port, so relay
+    boards elsewhere can register); the router's NAT class is otherwise unchanged."""
+    router.ns.nft(ruleset(router.nat, f"10.{router.lan_index}.0.0/16", dnat_accept=True))
+    router.ns.nft(
+        "table ip owner_fwd\ndelete table ip owner_fwd\ntable ip owner_fwd {\n"
+        "  chain pre { type nat hook prerouting priority dstnat; policy accept;\n"
+        f'    iifname "wan" udp dport {port} dnat to {to}:{port}\n  }}\n}}\n'
+    )
+
+
+async def test_peer_reaches_a_box_behind_symmetric_nat_through_its_board(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Box and peer each behind a symmetric NAT (no direct path, no hole punching); the box's
+    board is a public host. The peer finds the box's record in the DHT, sees the board's
+    offer, and its transport session with the box's agent goes through the board."""
+    boot_ns, board_ns = lab.public_host("boot"), lab.public_host("board")
+    rh, rp = lab.router("h", Nat.SYMMETRIC), lab.router("p", Nat.SYMMETRIC)
+    box_ns, peer_ns = rh.host("box"), rp.host("peer")
+    _forward(rh, box_ns.addr, 7701)
+    boot_addr = f"{boot_ns.addr}:7700"
+    boot = await start_node(tmp_path / "boot", listen=boot_addr, enter=boot_ns.entered)
+    box = await start_node(tmp_path / "box", listen=f"{box_ns.addr}:7700", enter=box_ns.entered,
+                           relays_listen="0.0.0.0:7701", bootstrap=(boot_addr,),
+                           keepalive_ms=1000)  # fmt: skip
+    peer = await start_node(tmp_path / "peer", listen=f"{peer_ns.addr}:7700",
+                            enter=peer_ns.entered, bootstrap=(boot_addr,))  # fmt: skip
+    svc = relays_of(box)
+    enrolled = svc.enroll("garden", f"{rh.wan_addr}:7701")
+    app = web.Application()
+    app[CTX_KEY] = box
+    add_routes(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with running(box):
+            with relay_board(tmp_path, enrolled, board_ns.addr, 7710, popen=board_ns.python):
+                await until(svc.record_offers, "an open allocation on the board")
+                (entry,) = svc.record_offers()
+                assert relay_kind(entry) == (RELAY_MICROPYTHON, f"{board_ns.addr}:7710")
+                assert await overlay_of(box).bootstrap() >= 1
+                assert await overlay_of(peer).bootstrap() >= 1
+                record = await overlay_of(peer).find_node(box.identity.node_id)
+                assert record is not None and entry in record.relays
+                record.verify(time.time())
+
+                peer_ep = nat_of(peer).endpoint
+                assert peer_ep is not None
+                with pytest.raises(TransportError):
+                    await peer_ep.connect((rh.wan_addr, 7700), timeout=2.0,
+                                          peer_public_key=box.identity.public_key)  # fmt: skip
+                conn = await nat_of(peer).connect_record(record)
+                assert conn.peer_id == box.identity.node_id
+                assert conn.remote_address == (board_ns.addr, 7710)
+                for size in (10, 1200, 100_000):
+                    payload = os.urandom(size)
+                    assert await echo(conn, payload) == payload
+                box_ep = nat_of(box).endpoint
+                assert box_ep is not None
+                (seen,) = [c for c in box_ep.connections if c.peer_id == peer.identity.node_id]
+                assert seen.remote_address == (board_ns.addr, 7711)
+
+                await until(lambda: svc.counters["offers_used"] == 1, "offer taken")
+                await until(lambda: len(svc.record_offers()) == 1 and entry not in
+                            svc.record_offers(), "the next offer")  # fmt: skip
+                url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/relays"
+
+                async def forwarded() -> int:
+                    async with ClientSession() as http, http.get(url) as r:
+                        return int((await r.json())["relays"][0].get("bytes", 0))
+
+                for _ in range(100):
+                    if await forwarded() > 200_000:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await forwarded() > 200_000
+    finally:
+        await runner.cleanup()
+        for ctx in (peer, box, boot):
+            await stop_node(ctx)
