@@ -45,13 +45,16 @@ async def start_node(
     listen: str = "127.0.0.1:0",
     relays_listen: str | None = None,
     bootstrap: tuple[str, ...] = (),
+    stun: tuple[str, ...] = (),
     enter: Enter = nullcontext,
     **relay_cfg: Any,
 ) -> AgentContext:
     """Transport, NAT, overlay (and relays when ``relays_listen``) services, started."""
     data.mkdir(parents=True, exist_ok=True)
     cfg = config.override(config.Config(), "network", listen=listen, bootstrap=list(bootstrap))
-    cfg = config.override(cfg, "nat", port_mapping=False, offer_relay=False)
+    cfg = config.override(
+        cfg, "nat", port_mapping=False, offer_relay=False, stun_servers=list(stun)
+    )
     if relays_listen is not None:
         cfg = config.override(cfg, "relays", listen=relays_listen, **relay_cfg)
     ctx = AgentContext(

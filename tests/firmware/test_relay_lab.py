@@ -113,18 +113,28 @@ async def test_peer_reaches_a_box_behind_symmetric_nat_through_its_board(
     board is a public host. The peer finds the box's record in the DHT, sees the board's
     offer, and its transport session with the box's agent goes through the board."""
     boot_ns, board_ns = lab.public_host("boot"), lab.public_host("board")
+    stun_ns = lab.public_host("stun2")
     rh, rp = lab.router("h", Nat.SYMMETRIC), lab.router("p", Nat.SYMMETRIC)
     box_ns, peer_ns = rh.host("box"), rp.host("peer")
     _forward(rh, box_ns.addr, 7701)
     boot_addr = f"{boot_ns.addr}:7700"
     boot = await start_node(tmp_path / "boot", listen=boot_addr, enter=boot_ns.entered)
+    stun2 = await start_node(tmp_path / "stun2", listen=f"{stun_ns.addr}:7700",
+                             enter=stun_ns.entered)  # fmt: skip
     box = await start_node(tmp_path / "box", listen=f"{box_ns.addr}:7700", enter=box_ns.entered,
                            relays_listen="0.0.0.0:7701", bootstrap=(boot_addr,),
+                           stun=(boot_addr, f"{stun_ns.addr}:7700"),
                            keepalive_ms=1000)  # fmt: skip
     peer = await start_node(tmp_path / "peer", listen=f"{peer_ns.addr}:7700",
                             enter=peer_ns.entered, bootstrap=(boot_addr,))  # fmt: skip
     svc = relays_of(box)
     enrolled = svc.enroll("garden", f"{rh.wan_addr}:7701")
+    # STUN on the bootstrap node tells the box its public address: the board then admits
+    # only that address on the box's leg of each allocation.
+    report = await nat_of(box).check()
+    assert report is not None, nat_of(box).last_error
+    assert report.nat_class.value == "symmetric"
+    assert svc._box_ip(board_ns.addr) == rh.wan_addr
     app = web.Application()
     app[CTX_KEY] = box
     add_routes(app)
@@ -176,5 +186,5 @@ async def test_peer_reaches_a_box_behind_symmetric_nat_through_its_board(
                 assert await forwarded() > 200_000
     finally:
         await runner.cleanup()
-        for ctx in (peer, box, boot):
+        for ctx in (peer, box, boot, stun2):
             await stop_node(ctx)
