@@ -161,6 +161,18 @@ class LinuxDiskProbe(DiskProbe):
             return node.resolve().parent.name
         return name
 
+    def device_gone(self, mount: Mount) -> bool:
+        """The disk under a (non-root) mount was removed: no device node, no sysfs entry.
+
+        The kernel keeps a file system mounted after its USB disk is pulled, and reads may
+        still come from the page cache, so the mount alone does not show it.
+        """
+        blocks = self.root / "sys/class/block"
+        if mount.mountpoint == "/" or not mount.device.startswith("/dev/") or not blocks.is_dir():
+            return False
+        node = self.root / mount.device.lstrip("/")
+        return not node.exists() and not (blocks / os.path.basename(mount.device)).exists()
+
     def io_errors(self, disk: str) -> int | None:
         try:
             return parse_ioerr_cnt(read_text(self.root / "sys/block" / disk / "device/ioerr_cnt"))
@@ -197,6 +209,12 @@ class LinuxDiskProbe(DiskProbe):
             total_bytes=st.f_blocks * st.f_frsize,
             free_bytes=st.f_bavail * st.f_frsize,
         )
+        if mount is not None and self.device_gone(mount):
+            return DiskReading(
+                path,
+                False,
+                f"{mount.device} is gone (unplugged?) while {mount.mountpoint} is still mounted",
+            )
         if mount is not None:
             disk = self.disk_of(mount.device)
             reading = replace(

@@ -84,6 +84,22 @@ def test_probe_missing_mount_and_dir(tmp_path: Path) -> None:
     assert not r.present and "does not exist" in r.problem
 
 
+def test_probe_pulled_disk_whose_mount_lingers(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    root = tmp_path / "root"
+    usb_disk_tree(root, data)
+    assert LinuxDiskProbe(root).probe(data, str(data)).present
+    # The disk is pulled: its sysfs entries go, the kernel keeps the file system mounted.
+    (root / "sys/class/block/sda1").unlink()
+    (root / "sys/class/block/sda").unlink()
+    r = LinuxDiskProbe(root).probe(data, str(data))
+    assert not r.present
+    assert r.problem == f"/dev/sda1 is gone (unplugged?) while {data} is still mounted"
+    write(root, "dev/sda1", "")  # a device node of that name: it is back
+    assert LinuxDiskProbe(root).probe(data, str(data)).present
+
+
 def test_mount_of_picks_longest_prefix() -> None:
     mounts = parse_mounts("a / ext4 rw 0 0\nb /mnt ext4 rw 0 0\nc /mnt/usb ext4 rw 0 0\n")
     assert mount_of("/mnt/usb/data", mounts).device == "c"  # type: ignore[union-attr]
