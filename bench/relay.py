@@ -8,8 +8,12 @@ public host between alice and bob, each behind a router with symmetric NAT, and 
 is another public host; without the lab (or with ``--loopback``) everything runs on
 127.0.0.1, and the output says so. Added latency: the median round trip alice → relay → bob →
 relay → alice, minus the median round trips alice ↔ relay host and bob ↔ relay host, halved
-(two forwards per round trip). Heap per frame: the same engine inside MicroPython's
-WebAssembly port (``gc.mem_alloc()`` deltas around each forwarding turn, steady state).
+(two forwards per round trip). Session figures (lab only): the agent's own transport session
+from a peer behind symmetric NAT to a box behind symmetric NAT through the box's board (the
+box's open allocation), beside a session from the same peer to a public node: median round
+trip of a 64-byte stream echo, and a 1 MiB echo's rate both ways. Heap per frame: the same
+engine inside MicroPython's WebAssembly port (``gc.mem_alloc()`` deltas around each
+forwarding turn, steady state).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from node import state
+from node.overlay.records import relay_kind
 from node.relays.manager import AllocGranted, RelayManager
 from node.relays.store import RelayStore
 
@@ -259,6 +264,85 @@ def network_figures(loopback: bool, seconds: float) -> dict[str, Any]:
             box.db.conn.close()
 
 
+# -- a transport session through a board -------------------------------------------------------
+
+SESSION_PINGS = 100
+SESSION_BYTES = 1 << 20
+
+
+async def _session_figures(tmp: Path) -> dict[str, Any]:
+    import asyncio
+
+    from lab import Lab, Nat
+    from tests.firmware import boxrig as rig
+
+    async def measure(conn: Any, prefix: str) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        rtts = []
+        for _ in range(SESSION_PINGS):
+            t0 = loop.time()
+            await rig.echo(conn, b"p" * 64)
+            rtts.append(loop.time() - t0)
+        payload = os.urandom(SESSION_BYTES)
+        t0 = loop.time()
+        assert await rig.echo(conn, payload, timeout=60) == payload
+        took = loop.time() - t0
+        return {
+            f"{prefix}_stream_rtt_ms": round(statistics.median(rtts) * 1000, 3),
+            f"{prefix}_echo_mbit_per_s": round(2 * SESSION_BYTES * 8 / took / 1e6, 2),
+        }
+
+    with Lab() as lab:
+        pub_ns, board_ns = lab.public_host("pub"), lab.public_host("board")
+        rh, rp = lab.router("h", Nat.SYMMETRIC), lab.router("p", Nat.SYMMETRIC)
+        box_ns, peer_ns = rh.host("box"), rp.host("peer")
+        rig.forward_port(rh, box_ns.addr, 7701)
+        pub = await rig.start_node(tmp / "pub", listen=f"{pub_ns.addr}:7700",
+                                   enter=pub_ns.entered)  # fmt: skip
+        box = await rig.start_node(tmp / "box", listen=f"{box_ns.addr}:7700",
+                                   enter=box_ns.entered, relays_listen="0.0.0.0:7701",
+                                   keepalive_ms=5000)  # fmt: skip
+        peer = await rig.start_node(tmp / "peer", listen=f"{peer_ns.addr}:7700",
+                                    enter=peer_ns.entered)  # fmt: skip
+        svc = rig.relays_of(box)
+        enrolled = svc.enroll("bench", f"{rh.wan_addr}:7701")
+        peer_ep = rig.nat_of(peer).endpoint
+        assert peer_ep is not None
+        out: dict[str, Any] = {}
+        try:
+            direct = await peer_ep.connect(
+                (pub_ns.addr, 7700), peer_public_key=pub.identity.public_key
+            )
+            out.update(await measure(direct, "session_direct_to_public_node"))
+            async with rig.running(box):
+                with rig.relay_board(tmp, enrolled, board_ns.addr, 7710, popen=board_ns.python):
+                    await rig.until(svc.record_offers, "an offer on the board")
+                    _, where = relay_kind(svc.record_offers()[0])
+                    host, port = where.rsplit(":", 1)
+                    loop = asyncio.get_running_loop()
+                    t0 = loop.time()
+                    key = box.identity.public_key
+                    conn = await peer_ep.connect((host, int(port)), peer_public_key=key)
+                    out["session_via_board_handshake_ms"] = round((loop.time() - t0) * 1000, 2)
+                    out.update(await measure(conn, "session_via_board"))
+        finally:
+            for ctx in (peer, box, pub):
+                await rig.stop_node(ctx)
+    out["session_where"] = "lab: box and peer behind symmetric NAT, board and public node public"
+    return out
+
+
+def session_figures() -> dict[str, Any]:
+    """A transport session of the agent through a board, beside a direct one (lab only)."""
+    import asyncio
+
+    if os.geteuid() != 0:
+        print("session figures skipped: the lab needs root")
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        return asyncio.run(_session_figures(Path(tmp)))
+
+
 # -- under MicroPython ------------------------------------------------------------------------
 
 MP_SCRIPT = """
@@ -344,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     figures: dict[str, Any] = {}
     figures.update(network_figures(args.loopback, args.seconds))
+    if not args.loopback:
+        figures.update(session_figures())
     figures.update(micropython_figures())
     figures.update(bundle_figures())
     width = max(map(len, figures))

@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from lab.routers import Router, ruleset
 from node import config, state
 from node.agent import AgentContext
 from node.events import EventLog
@@ -138,6 +139,17 @@ def relay_board(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def forward_port(router: Router, to: str, port: int) -> None:
+    """The owner's port forward of UDP ``port`` to ``to`` (the box's relays port, so relay
+    boards elsewhere can register); the router's NAT class is otherwise unchanged."""
+    router.ns.nft(ruleset(router.nat, f"10.{router.lan_index}.0.0/16", dnat_accept=True))
+    router.ns.nft(
+        "table ip owner_fwd\ndelete table ip owner_fwd\ntable ip owner_fwd {\n"
+        "  chain pre { type nat hook prerouting priority dstnat; policy accept;\n"
+        f'    iifname "wan" udp dport {port} dnat to {to}:{port}\n  }}\n}}\n'
+    )
 
 
 async def until(cond: Callable[[], object], what: str, timeout: float = 15.0) -> None:

@@ -19,7 +19,6 @@ from aiohttp import ClientSession, web
 from brelay import relay as fw_relay
 
 from lab import Lab, Nat
-from lab.routers import Router, ruleset
 from node.overlay.records import RELAY_MICROPYTHON, relay_kind
 from node.relays import _wire as w
 from node.relays.http import add_routes
@@ -28,6 +27,7 @@ from node.transport.errors import TransportError
 from node.web.app import CTX_KEY
 from tests.firmware.boxrig import (
     echo,
+    forward_port,
     nat_of,
     overlay_of,
     relay_board,
@@ -95,17 +95,6 @@ def test_relay_between_two_symmetric_nats(lab: Lab, tmp_path: Path) -> None:
         rig.close()
 
 
-def _forward(router: Router, to: str, port: int) -> None:
-    """The owner's port forward of UDP ``port`` to ``to`` (the box's relays port, so relay
-    boards elsewhere can register); the router's NAT class is otherwise unchanged."""
-    router.ns.nft(ruleset(router.nat, f"10.{router.lan_index}.0.0/16", dnat_accept=True))
-    router.ns.nft(
-        "table ip owner_fwd\ndelete table ip owner_fwd\ntable ip owner_fwd {\n"
-        "  chain pre { type nat hook prerouting priority dstnat; policy accept;\n"
-        f'    iifname "wan" udp dport {port} dnat to {to}:{port}\n  }}\n}}\n'
-    )
-
-
 async def test_peer_reaches_a_box_behind_symmetric_nat_through_its_board(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -116,7 +105,7 @@ async def test_peer_reaches_a_box_behind_symmetric_nat_through_its_board(
     stun_ns = lab.public_host("stun2")
     rh, rp = lab.router("h", Nat.SYMMETRIC), lab.router("p", Nat.SYMMETRIC)
     box_ns, peer_ns = rh.host("box"), rp.host("peer")
-    _forward(rh, box_ns.addr, 7701)
+    forward_port(rh, box_ns.addr, 7701)
     boot_addr = f"{boot_ns.addr}:7700"
     boot = await start_node(tmp_path / "boot", listen=boot_addr, enter=boot_ns.entered)
     stun2 = await start_node(tmp_path / "stun2", listen=f"{stun_ns.addr}:7700",
