@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from node.relays._wire import MAX_BRIDGE
 from node.relays.service import RelayError
 
 if TYPE_CHECKING:
@@ -57,7 +58,9 @@ async def _admin_json(request: web.Request, strings: tuple[str, ...]) -> dict[st
 
 async def list_relays(request: web.Request) -> web.Response:
     svc = _service(request)
-    return web.json_response({"relays": svc.relays(), "offers": svc.relay_offers()})
+    return web.json_response(
+        {"relays": svc.relays(), "offers": svc.relay_offers(), "record": svc.record_offers()}
+    )
 
 
 async def enroll(request: web.Request) -> web.Response:
@@ -102,21 +105,35 @@ async def bridge_receive(request: web.Request) -> web.Response:
     )
 
 
+def bridge_request(body: Any) -> tuple[str, bytes]:
+    """(relay id, frame) from a ``{relay_id, data (base64)}`` object; ValueError says why not."""
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object {relay_id, data}")
+    relay_id, data = body.get("relay_id"), body.get("data")
+    if not isinstance(relay_id, str) or len(relay_id) != 16:
+        raise ValueError("relay_id must be 16 hex digits")
+    if not isinstance(data, str):
+        raise ValueError("data must be a base64 string")
+    try:
+        bytes.fromhex(relay_id)
+        payload = base64.b64decode(data, validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError("relay_id must be hex and data base64") from None
+    if not 0 < len(payload) <= MAX_BRIDGE:
+        raise ValueError(f"a bridge frame carries 1-{MAX_BRIDGE} bytes")
+    return relay_id.lower(), payload
+
+
 async def bridge_send(request: web.Request) -> web.Response:
     """Carry a frame ``{relay_id, data (base64)}`` to a relay's BLE peer."""
     body = await _admin_json(request, ("relay_id", "data"))
     svc = _service(request)
     try:
-        payload = base64.b64decode(body["data"], validate=True)
-        bytes.fromhex(body["relay_id"])
-    except (ValueError, binascii.Error):
-        raise web.HTTPBadRequest(text="relay_id must be hex and data base64\n") from None
-    try:
-        sent = svc.send_bridge(body["relay_id"], payload)
-    except RelayError as exc:
+        relay_id, payload = bridge_request(body)
+    except ValueError as exc:
         raise web.HTTPBadRequest(text=f"{exc}\n") from None
-    if not sent:
-        raise web.HTTPConflict(text=f"relay {body['relay_id']} is not online\n")
+    if not svc.send_bridge(relay_id, payload):
+        raise web.HTTPConflict(text=f"relay {relay_id} is not online\n")
     return web.json_response({"sent": len(payload)})
 
 

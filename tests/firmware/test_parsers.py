@@ -3,6 +3,7 @@ tokens, provisioning requests, BLE chunks, BLE status, bundle manifests, setup c
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from brelay import cfg, chunk, prov
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.relays.http import bridge_request
 from provisioning.errors import FleetError
 from provisioning.relay import bundle, enroll, sealing
 
@@ -174,3 +176,25 @@ def test_relay_manager_ignores_junk_datagrams(tmp_path: Path, head: bytes, tail:
         assert mgr.sessions == {} and mgr.rejected == 2
     finally:
         db.conn.close()
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.sampled_from(["relay_id", "data", "x"]), inner,
+                                      max_size=3), max_leaves=8))  # fmt: skip
+def test_bridge_request_body(body: object) -> None:
+    try:
+        relay_id, payload = bridge_request(body)
+    except ValueError:
+        return
+    assert len(bytes.fromhex(relay_id)) == 8 and 0 < len(payload) <= 1200
+
+
+@given(st.binary(min_size=0, max_size=1300), st.binary(min_size=8, max_size=8))
+def test_bridge_request_round_trip(payload: bytes, rid: bytes) -> None:
+    body = {"relay_id": rid.hex().upper(), "data": base64.b64encode(payload).decode()}
+    if 0 < len(payload) <= 1200:
+        assert bridge_request(body) == (rid.hex(), payload)
+    else:
+        with pytest.raises(ValueError, match="1-1200 bytes"):
+            bridge_request(body)
