@@ -16,7 +16,9 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = Path(os.environ.get("BITCHAT_HIL_CACHE", "/var/cache/bitchat-hil"))
 BOOT_MIB = 256
+HOTPLUG_PORT = "hotplug0"
 SECTOR = 512
 
 
@@ -49,6 +52,16 @@ def ensure_base(cache: Path = DEFAULT_CACHE) -> Base:
     if result.returncode != 0:
         raise EmuBoxError(f"building the emulated box base failed: {result.stderr.strip()[-800:]}")
     return Base(cache / "rootfs", cache / "vmlinuz", cache / "initrd.img")
+
+
+def prebuild_wheels(wheelhouse: Path, cache: Path = DEFAULT_CACHE) -> None:
+    """Replace the source distributions in ``wheelhouse`` by aarch64 wheels built in the base."""
+    result = subprocess.run(
+        [str(HERE / "build-wheels.sh"), str(cache), str(wheelhouse)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise EmuBoxError(f"building aarch64 wheels failed: {result.stderr.strip()[-800:]}")
 
 
 def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -97,6 +110,61 @@ def make_base_image(base: Base, out: Path, root_mib: int = 2048) -> Path:
     return out
 
 
+NTP_EPOCH = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
+
+
+def _ntp_time(t: float) -> bytes:
+    return struct.pack("!II", int(t) + NTP_EPOCH, int((t % 1) * 2**32))
+
+
+class NtpServer:
+    """A minimal SNTP server (RFC 4330) on the host, serving the host's clock.
+
+    The guest reaches it at 10.0.2.2:123: user-mode networking maps that address to the host's
+    loopback. Binding port 123 needs root.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 123) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.5)
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="sntp", daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                request, addr = self.sock.recvfrom(512)
+            except TimeoutError:
+                continue
+            received = time.time()
+            if len(request) < 48 or request[0] & 0x7 != 3:  # client mode only
+                continue
+            version = (request[0] >> 3) & 0x7
+            now = time.time()
+            reply = (
+                bytes([(version << 3) | 4, 1, request[2], 0xEC])  # LI 0, server, stratum 1
+                + struct.pack("!II", 0, 1 << 10)  # root delay, root dispersion (~16 ms)
+                + b"LOCL"
+                + _ntp_time(now)  # reference time
+                + request[40:48]  # originate: the client's transmit time
+                + _ntp_time(received)
+                + _ntp_time(time.time())
+            )
+            self.sock.sendto(reply, addr)
+            self.answered += 1
+
+    def __enter__(self) -> NtpServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,6 +187,8 @@ class EmulatedBox:
     forwards: dict[int, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     boots: int = 0
+    data_disks: dict[str, Path] = field(default_factory=dict)
+    """Disks plugged in (by node name); they stay plugged across power cuts and reboots."""
 
     @property
     def console_log(self) -> Path:
@@ -157,10 +227,16 @@ class EmulatedBox:
             "-device", "virtio-blk-pci,drive=sd,id=sd0",
             "-netdev", f"user,id=net0,{fwd}", "-device", "virtio-net-pci,netdev=net0,id=nic0",
             "-device", "virtio-rng-pci",  # entropy for first-boot key generation
+            # an empty PCIe slot, so a data disk can be plugged in and pulled out while running
+            "-device", f"pcie-root-port,id={HOTPLUG_PORT},bus=pcie.0,chassis=1",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-chardev", f"file,id=console,path={self.console_log},append=on",
             "-serial", "chardev:console", "-monitor", "none",
         ]  # fmt: skip
+        for node_id, path in self.data_disks.items():
+            blockdev = f"driver=raw,node-name={node_id},file.driver=file,file.filename={path}"
+            device = f"virtio-blk-pci,drive={node_id},id={node_id}0,bus={HOTPLUG_PORT}"
+            cmd += ["-blockdev", blockdev, "-device", device]
         if self.clock_offset:
             cmd += ["-rtc", f"base={self.clock_offset},clock=vm"]
         return cmd
@@ -234,19 +310,24 @@ class EmulatedBox:
             self.process.wait()
 
     def attach_data_disk(self, path: Path, node_id: str = "data") -> None:
+        """Plug a raw disk image in (a USB disk on a Pi); the guest sees a new virtio disk."""
         self.qmp("blockdev-add", driver="raw", **{"node-name": node_id},
                  file={"driver": "file", "filename": str(path)})  # fmt: skip
-        self.qmp("device_add", driver="virtio-blk-pci", drive=node_id, id=f"{node_id}0")
+        self.qmp("device_add", driver="virtio-blk-pci", drive=node_id, id=f"{node_id}0",
+                 bus=HOTPLUG_PORT)  # fmt: skip
+        self.data_disks[node_id] = path
 
     def detach_data_disk(self, node_id: str = "data") -> None:
+        """Pull the disk out; the guest's PCIe hotplug driver releases it first."""
         self.qmp("device_del", id=f"{node_id}0")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # the guest waits 5 s (PCIe attention button), slowly
         while time.monotonic() < deadline:
             with contextlib.suppress(EmuBoxError):
                 self.qmp("blockdev-del", **{"node-name": node_id})
+                del self.data_disks[node_id]
                 return
             time.sleep(0.5)
-        raise EmuBoxError("the data disk did not detach within 30 s")
+        raise EmuBoxError("the data disk did not detach within 120 s")
 
     def set_network(self, up: bool) -> None:
         self.qmp("set_link", name="nic0", up=up)

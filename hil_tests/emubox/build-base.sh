@@ -3,13 +3,15 @@
 # Lite, made once with debootstrap + qemu-user-static and cached outside the repo.
 #   hil_tests/emubox/build-base.sh CACHE_DIR
 # Produces CACHE_DIR/rootfs/ (the tree), CACHE_DIR/vmlinuz, CACHE_DIR/initrd.img and
-# CACHE_DIR/base.stamp. Re-running with a complete cache does nothing. Needs root.
+# CACHE_DIR/base.stamp. Re-running with a complete cache does nothing; a tree from an earlier
+# version only gets the later stages. Needs root.
 set -euo pipefail
 cache=${1:?usage: build-base.sh CACHE_DIR}
 suite=${BITCHAT_HIL_SUITE:-bookworm}
 mirror=${BITCHAT_HIL_MIRROR:-http://deb.debian.org/debian}
 stamp="$cache/base.stamp"
-want="suite=$suite v3"
+tree="suite=$suite v3"            # debootstrap, kernel and initramfs, Raspberry Pi OS layout
+want="$tree timesyncd"             # + the later stages below
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "base cached in $cache"
@@ -28,7 +30,12 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
   update-binfmts --enable qemu-aarch64 2>/dev/null || update-binfmts --import qemu-aarch64
 fi
 
+chroot_mounts() {
+  mount -t proc proc "$1/proc"; mount -t sysfs sys "$1/sys"; mount --bind /dev "$1/dev"
+}
+
 mkdir -p "$cache"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$tree" ]; then
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'umount -R "$work/rootfs/proc" "$work/rootfs/sys" "$work/rootfs/dev" 2>/dev/null || true; rm -rf "$work"' EXIT
 root="$work/rootfs"
@@ -43,7 +50,7 @@ mkdir -p "$root/etc/initramfs-tools/conf.d"
 printf 'MODULES=list\nCOMPRESS=gzip\n' > "$root/etc/initramfs-tools/conf.d/bitchat-emubox"
 printf 'virtio_pci\nvirtio_blk\nvirtio_net\nvirtio_mmio\next4\nvfat\nnls_ascii\nnls_cp437\n' \
   >> "$root/etc/initramfs-tools/modules"
-mount -t proc proc "$root/proc"; mount -t sysfs sys "$root/sys"; mount --bind /dev "$root/dev"
+chroot_mounts "$root"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
   linux-image-arm64 initramfs-tools
@@ -90,5 +97,22 @@ rm -rf "$cache/rootfs"
 cp "$kernel" "$cache/vmlinuz"
 cp "$initrd" "$cache/initrd.img"
 mv "$root" "$cache/rootfs"
+echo "$tree" > "$stamp"
+trap - EXIT
+rm -rf "$work"
+fi
+
+# Raspberry Pi OS Lite keeps time with systemd-timesyncd: a Pi has no RTC, so the clock comes
+# from NTP, or at boot from the time saved in /var/lib/systemd/timesync/clock.
+echo "== systemd-timesyncd"
+root="$cache/rootfs"
+trap 'umount "$root/proc" "$root/sys" "$root/dev" 2>/dev/null || true' EXIT
+chroot_mounts "$root"
+chroot "$root" apt-get update -q
+chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+  systemd-timesyncd
+chroot "$root" apt-get clean
+umount "$root/proc" "$root/sys" "$root/dev"
+trap - EXIT
 echo "$want" > "$stamp"
 echo "== base ready in $cache"
