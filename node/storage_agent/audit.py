@@ -118,9 +118,16 @@ class Response:
 def answer(challenge: Challenge, data: bytes, node: identity.Identity) -> Response:
     """The node's side: prove the sampled segments of ``data``."""
     tree = merkle.levels(data)
-    count = len(tree[0])
-    idx = sample_indexes(challenge.nonce, challenge.chunk_id, count, challenge.samples)
-    segs = tuple(merkle.segment(data, i) for i in idx)
+    idx = sample_indexes(challenge.nonce, challenge.chunk_id, len(tree[0]), challenge.samples)
+    return respond(challenge, tree, [merkle.segment(data, i) for i in idx], node)
+
+
+def respond(
+    challenge: Challenge, tree: list[list[bytes]], segments: list[bytes], node: identity.Identity
+) -> Response:
+    """The signed answer: ``segments`` (in the order of :func:`sample_indexes`) with paths."""
+    idx = sample_indexes(challenge.nonce, challenge.chunk_id, len(tree[0]), challenge.samples)
+    segs = tuple(segments)
     paths = tuple(tuple(merkle.proof(tree, i)) for i in idx)
     unsigned = Response(challenge.chunk_id, challenge.nonce, segs, paths, b"")
     return Response(challenge.chunk_id, challenge.nonce, segs, paths, node.sign(unsigned.digest()))

@@ -42,6 +42,18 @@ repair_after_offline = 20.0
 """
 
 
+def storage_config(extra: str) -> str:
+    """The devnet's ``[storage]`` section with ``extra`` lines (``key = value``) added; a key
+    the devnet already sets takes the value from ``extra``."""
+    extra_keys = {line.split("=", 1)[0].strip() for line in extra.splitlines() if "=" in line}
+    kept = [
+        line
+        for line in DEVNET_STORAGE.splitlines()
+        if "=" not in line or line.split("=", 1)[0].strip() not in extra_keys
+    ]
+    return "\n".join(kept) + "\n" + extra
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port number free for both TCP and UDP on ``host``."""
     for _ in range(100):
@@ -111,7 +123,7 @@ class Devnet:
         text = (
             f'[node]\nname = "devnet-{node.index}"\n\n'
             f'[network]\nlisten = "127.0.0.1:{node.port}"\nbootstrap = [{peers}]\n\n'
-            f'[web]\nlisten = "{node.web_listen}"\n' + DEVNET_STORAGE + self.extra_config
+            f'[web]\nlisten = "{node.web_listen}"\n' + storage_config(self.extra_config)
         )
         if "relays" in config.Config.__dataclass_fields__:
             text += '\n[relays]\nlisten = "127.0.0.1:0"\n'

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
@@ -102,6 +103,13 @@ def contracts_for(db: sqlite_utils.Database, cid: bytes) -> list[Contract]:
     return [Contract.decode(bytes(r[0])) for r in rows]
 
 
+def contract(db: sqlite_utils.Database, contract_id: bytes) -> Contract | None:
+    row = db.execute(
+        "SELECT raw FROM storage_contracts WHERE id = ?", [contract_id.hex()]
+    ).fetchone()
+    return None if row is None else Contract.decode(bytes(row[0]))
+
+
 def list_contracts(db: sqlite_utils.Database, limit: int = 200) -> list[dict[str, Any]]:
     rows = db.execute(
         'SELECT id, client, size, price, start, "end" FROM storage_contracts '
@@ -170,12 +178,13 @@ def rebuild(
     repair then deal with it). Runs in a thread with its own connection.
     """
     set_meta(db, INDEX_COMPLETE, None)
-    counts = {"chunks": 0, "damaged": 0, "contracts": 0, "bad_contracts": 0}
+    counts = {"chunks": 0, "damaged": 0, "contracts": 0, "bad_contracts": 0, "stray_trees": 0}
     now = time.time()
     pending = 0
+    strays: list[Path] = []
     db.conn.execute("BEGIN")
     try:
-        for cid, size in store.scan():
+        for cid, size in store.scan(strays):
             if should_stop():
                 db.conn.execute("ROLLBACK")
                 return counts
@@ -211,6 +220,11 @@ def rebuild(
         with contextlib.suppress(Exception):
             db.conn.execute("ROLLBACK")
         raise
+    for path in strays:
+        # Tree caches whose chunk is gone (deleted from outside the agent).
+        with contextlib.suppress(OSError):
+            path.unlink()
+            counts["stray_trees"] += 1
     set_meta(db, INDEX_COMPLETE, str(now))
     _log.info("storage_index_rebuilt", **counts)
     return counts

@@ -36,11 +36,25 @@ def segment(data: bytes | memoryview, index: int, segment_size: int = SEGMENT_SI
     return bytes(data[index * segment_size : (index + 1) * segment_size])
 
 
-def levels(data: bytes | memoryview, segment_size: int = SEGMENT_SIZE) -> list[list[bytes]]:
-    """Every level of the tree, leaves first, root last."""
+_LEAF_PREFIX = hashlib.blake2b(b"\x00", digest_size=HASH_LEN)
+
+
+def leaves(data: bytes | bytearray | memoryview, segment_size: int = SEGMENT_SIZE) -> list[bytes]:
+    """The leaf hashes of every segment (hashed in place, without copying segments)."""
     view = memoryview(data)
-    n = segment_count(len(view), segment_size)
-    level = [leaf_hash(bytes(view[i * segment_size : (i + 1) * segment_size])) for i in range(n)]
+    out = []
+    for i in range(segment_count(len(view), segment_size)):
+        h = _LEAF_PREFIX.copy()
+        h.update(view[i * segment_size : (i + 1) * segment_size])
+        out.append(h.digest())
+    return out
+
+
+def levels_from_leaves(leaf_hashes: list[bytes]) -> list[list[bytes]]:
+    """Every level of the tree above ``leaf_hashes``, leaves first, root last."""
+    if not leaf_hashes:
+        raise ValueError("a Merkle tree has at least one leaf")
+    level = leaf_hashes
     out = [level]
     while len(level) > 1:
         nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
@@ -51,7 +65,14 @@ def levels(data: bytes | memoryview, segment_size: int = SEGMENT_SIZE) -> list[l
     return out
 
 
-def root(data: bytes | memoryview, segment_size: int = SEGMENT_SIZE) -> bytes:
+def levels(
+    data: bytes | bytearray | memoryview, segment_size: int = SEGMENT_SIZE
+) -> list[list[bytes]]:
+    """Every level of the tree, leaves first, root last."""
+    return levels_from_leaves(leaves(data, segment_size))
+
+
+def root(data: bytes | bytearray | memoryview, segment_size: int = SEGMENT_SIZE) -> bytes:
     return levels(data, segment_size)[-1][0]
 
 

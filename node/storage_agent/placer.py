@@ -37,6 +37,8 @@ _log = log.get_logger(__name__)
 GIB = 1 << 30
 MONTH = 30 * 86400
 RECORD_SHARE = -1
+RELEASE_TIMEOUT = 10.0
+AUDITS_AT_ONCE = 8
 """Share number marking a replica of the file record itself."""
 
 
@@ -117,8 +119,11 @@ class Placer:
     refresh: Callable[[], Awaitable[int]] | None = None
     """Asks the known addresses again who takes chunks (before giving up on placement)."""
     stats: dict[str, int] = field(
-        default_factory=lambda: {"audits": 0, "audit_failures": 0, "repairs": 0, "vouchers": 0}
-    )
+        default_factory=lambda: {
+            "audits": 0, "audit_failures": 0, "repairs": 0, "vouchers": 0, "released": 0,
+        }
+    )  # fmt: skip
+    _tasks: set[asyncio.Task[int]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.auditor.samples = self.settings.audit_samples
@@ -180,8 +185,9 @@ class Placer:
 
     def _candidates(self) -> list[Peer]:
         out = []
+        offline = self._offline_nodes()
         for p in self.peers():
-            if not p.accepting:
+            if not p.accepting or p.public_key in offline:
                 continue
             rep = self.reputation.nodes.get(p.public_key)
             if rep is not None and (rep.disqualified or rep.suspended):
@@ -247,42 +253,95 @@ class Placer:
         raise StorageError("no node accepted the share: " + "; ".join(errors[:3]))
 
     async def _place_stripe(
-        self, stripe: int, data: bytes, now: float
-    ) -> tuple[tuple[bytes, ...], list[Placement]]:
+        self, stripe: int, data: bytes, now: float, placed: list[Placement]
+    ) -> tuple[bytes, ...]:
+        """Place the shares of one stripe; each placed share is added to ``placed`` at once,
+        so that a failure of another share leaves a complete list of what to release."""
         shares = await asyncio.to_thread(
             client.encode_stripe, data, self.settings.k, self.settings.n
         )
         # Distinct nodes for the shares of a stripe: one candidate per share, in parallel.
         candidates = self._need_candidates()
 
-        async def one(num: int) -> Placement:
+        async def one(num: int) -> None:
             first = candidates[num % len(candidates)]
             try:
                 contract = await self._store_on(first, shares[num], now)
-                return Placement(chunk_id(shares[num]), stripe, num, first.public_key,
-                                 first.address, contract, now)  # fmt: skip
+                p = Placement(chunk_id(shares[num]), stripe, num, first.public_key,
+                              first.address, contract, now)  # fmt: skip
             except (StorageError, PeerUnreachable) as exc:
                 _log.info("share_placement_retry", node=first.label, error=str(exc))
-                return await self._place(shares[num], stripe, num, {first.public_key}, now)
+                p = await self._place(shares[num], stripe, num, {first.public_key}, now)
+            placed.append(p)
 
-        placed = await asyncio.gather(*(one(i) for i in range(len(shares))))
-        return tuple(chunk_id(s) for s in shares), list(placed)
+        results = await asyncio.gather(
+            *(one(i) for i in range(len(shares))), return_exceptions=True
+        )
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+        return tuple(chunk_id(s) for s in shares)
 
     async def put(self, ciphertext: AsyncIterator[bytes]) -> bytes:
-        """Place a file's ciphertext; returns its record id."""
+        """Place a file's ciphertext; returns its record id.
+
+        When the upload fails part-way, every share placed so far is released again (see
+        :meth:`_release`), so a failed put leaves nothing under contract on reachable nodes.
+        """
         if not self._candidates() and self.refresh is not None:
             await self.refresh()
+        placements: list[Placement] = []
+        try:
+            return await self._put(ciphertext, placements)
+        except asyncio.CancelledError:
+            self._release_later(placements)
+            raise
+        except Exception as exc:
+            released = await self._release(placements)
+            if placements:
+                self.events.emit(
+                    "warning", "storage",
+                    f"upload failed ({exc}); released {released} of the {len(placements)} "
+                    "shares already placed",
+                )  # fmt: skip
+            raise
+
+    async def _release(self, placements: list[Placement]) -> int:
+        """Give up the contracts of ``placements`` (their nodes delete the shares); returns how
+        many nodes confirmed. A node that cannot be reached keeps its share until the term ends."""
+
+        async def one(p: Placement) -> bool:
+            cid = p.contract.id
+            msg = wire.Release(cid, self.ident.sign(wire.release_body(cid)))
+            try:
+                answer = await self.dialer.request(
+                    p.address, msg, peer_key=p.node_key, timeout=RELEASE_TIMEOUT
+                )
+            except (StorageError, PeerUnreachable) as exc:
+                _log.info("release_failed", node=p.address, error=str(exc))
+                return False
+            return isinstance(answer, wire.Ok)
+
+        done = await asyncio.gather(*(one(p) for p in list(placements)))
+        self.stats["released"] += sum(done)
+        return sum(done)
+
+    def _release_later(self, placements: list[Placement]) -> None:
+        if placements:
+            task = asyncio.get_running_loop().create_task(self._release(list(placements)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _put(self, ciphertext: AsyncIterator[bytes], placements: list[Placement]) -> bytes:
         now = time.time()
         stripe_size = self.settings.k * client.SHARE_SIZE
         buf = bytearray()
         stripes: list[tuple[int, tuple[bytes, ...]]] = []
-        placements: list[Placement] = []
         total = 0
 
         async def flush(data: bytes) -> None:
-            ids, placed = await self._place_stripe(len(stripes), data, now)
+            ids = await self._place_stripe(len(stripes), data, now, placements)
             stripes.append((len(data), ids))
-            placements.extend(placed)
 
         async for piece in ciphertext:
             buf += piece
@@ -323,14 +382,17 @@ class Placer:
         return answer.data
 
     async def _fetch_any(self, cid: bytes, hint: list[Placement]) -> bytes:
+        """The chunk from a node that should have it, else from any known node; nodes that
+        recently failed to answer an audit are asked last (or, unhinted, not at all)."""
         tried: set[tuple[str, int]] = set()
-        for p in hint:
+        offline = self._offline_nodes()
+        for p in sorted(hint, key=lambda q: q.node_key in offline):
             addr = self._address(p.node_key, p.address)
             tried.add(addr)
             with contextlib.suppress(StorageError, PeerUnreachable):
                 return await self._fetch_from(addr, p.node_key, cid)
         for peer in self.peers():
-            if peer.address in tried:
+            if peer.address in tried or peer.public_key in offline:
                 continue
             with contextlib.suppress(StorageError, PeerUnreachable):
                 return await self._fetch_from(peer.address, peer.public_key, cid)
@@ -358,7 +420,12 @@ class Placer:
     ) -> bytes:  # fmt: skip
         got: dict[int, bytes] = {}
         usable = [i for i in range(len(ids)) if i not in skip]
-        order = sorted(usable, key=lambda i: (not by_chunk.get(ids[i]), i))
+        offline = self._offline_nodes()
+
+        def reachable(i: int) -> bool:
+            return any(q.node_key not in offline for q in by_chunk.get(ids[i], []))
+
+        order = sorted(usable, key=lambda i: (not reachable(i), not by_chunk.get(ids[i]), i))
         pending = list(order)
         while len(got) < record.k and pending:
             batch, pending = pending[: record.k - len(got)], pending[record.k - len(got) :]
@@ -423,7 +490,6 @@ class Placer:
         self.stats["audits"] += 1
         rep = self.reputation.record(p.node_key, result.outcome, now)
         if result.outcome is audit.Outcome.SUCCESS:
-            p.offline_since = None
             c = p.contract
             span = max(0.0, min(now, c.end) - p.paid_until)
             owed = math.ceil(c.price * span / max(1, c.end - c.start))
@@ -433,8 +499,7 @@ class Placer:
             self.stats["audit_failures"] += 1
             p.lost = True
             _log.info("audit_failed", node=p.address, reason=result.reason)
-        elif p.offline_since is None:
-            p.offline_since = now
+        self._note_reachable(p.node_key, result.outcome is not audit.Outcome.OFFLINE, now)
         if result.outcome is not audit.Outcome.OFFLINE:
             with contextlib.suppress(StorageError, PeerUnreachable):
                 await self.dialer.request(
@@ -445,15 +510,52 @@ class Placer:
             p.lost = True
         return result
 
-    async def audit_round(self, limit: int = 32) -> list[audit.AuditResult]:
-        """Audit up to ``limit`` random live placements, a few at a time."""
-        live = [p for pf in self.files.values() for p in pf.placements if not p.lost]
-        picked = random.sample(live, min(limit, len(live)))
-        results = []
-        for i in range(0, len(picked), 8):
-            results += await asyncio.gather(*(self.audit_one(p) for p in picked[i : i + 8]))
+    def _note_reachable(self, key: bytes, reachable: bool, now: float) -> None:
+        """Whether a node answered is a fact about the node: it applies to all its shares
+        (so one unanswered audit starts the offline clock of every share it holds)."""
         for pf in self.files.values():
-            if any(p in picked for p in pf.placements):
+            for q in pf.placements:
+                if q.node_key != key:
+                    continue
+                if reachable:
+                    q.offline_since = None
+                elif q.offline_since is None:
+                    q.offline_since = now
+
+    def _offline_nodes(self) -> set[bytes]:
+        return {
+            p.node_key
+            for pf in self.files.values()
+            for p in pf.placements
+            if p.offline_since is not None
+        }
+
+    async def audit_round(self, limit: int = 32) -> list[audit.AuditResult]:
+        """Audit up to ``limit`` random live placements, a few at a time (a node that does
+        not answer holds up only its own slot, not the others)."""
+        live = [p for pf in self.files.values() for p in pf.placements if not p.lost]
+        random.shuffle(live)
+        # A node that stopped answering gets one probe per round, not a challenge per share.
+        probed: set[bytes] = set()
+        picked = []
+        for p in live:
+            if p.offline_since is not None:
+                if p.node_key in probed:
+                    continue
+                probed.add(p.node_key)
+            picked.append(p)
+            if len(picked) >= limit:
+                break
+        slots = asyncio.Semaphore(AUDITS_AT_ONCE)
+
+        async def one(p: Placement) -> audit.AuditResult:
+            async with slots:
+                return await self.audit_one(p)
+
+        results = list(await asyncio.gather(*(one(p) for p in picked)))
+        audited = {id(p) for p in picked}
+        for pf in list(self.files.values()):
+            if any(id(p) in audited for p in pf.placements):
                 await self._persist(pf)
         return results
 
@@ -531,7 +633,8 @@ class Placer:
         return repaired
 
     async def _rebuild_share(self, pf: PlacedFile, p: Placement) -> bytes:
-        others = [q for q in pf.placements if q is not p and not q.lost]
+        now = time.time()
+        others = [q for q in pf.placements if q is not p and not self._needs_repair(q, now)]
         if p.num == RECORD_SHARE:
             return pf.record.encode()
         size, ids = pf.record.stripes[p.stripe]

@@ -52,6 +52,9 @@ class Counters:
     refused: int = 0
     audits_answered: int = 0
     audits_refused: int = 0
+    trees_rebuilt: int = 0
+    released: int = 0
+    """Tree caches rebuilt from their chunk (missing, damaged or disagreeing with it)."""
 
 
 @dataclass
@@ -70,6 +73,8 @@ class Provider:
     counters: Counters = field(default_factory=Counters)
     self_reputation: Reputation = field(default_factory=Reputation)
     """Verdicts verifiers sent back about this node's answers."""
+    _reserved: dict[bytes, int] = field(default_factory=dict)
+    """Bytes of uploads in flight, per client."""
 
     # -- capacity -------------------------------------------------------------------------
 
@@ -89,7 +94,11 @@ class Provider:
         return ceiling
 
     def room_for(self, size: int, client: bytes) -> None:
-        """Raise :class:`StoreFull` unless ``size`` more bytes fit for ``client``."""
+        """Reserve ``size`` bytes for ``client``; :class:`StoreFull` when they do not fit.
+
+        A reservation holds until :meth:`_unreserve`, so uploads in flight at the same time
+        cannot together overrun the allocation or a client's quota.
+        """
         usage = self.store.usage()
         reserve = int(usage.total * self.capacity.reserve_fraction)
         if usage.free - size < reserve:
@@ -98,14 +107,28 @@ class Provider:
                 "no room for another chunk (free space or raise the allocation)"
             )
         with self.lock:
-            used = index.totals(self.db)[1]
-            client_used = index.client_usage(self.db, client)
-        if self.capacity.allocation and used + size > self.capacity.allocation:
-            raise StoreFull(
-                f"allocation of {self.capacity.allocation} bytes is used up ({used} bytes stored)"
-            )
-        if self.capacity.client_quota and client_used + size > self.capacity.client_quota:
-            raise StoreFull(f"client quota of {self.capacity.client_quota} bytes is used up")
+            used = index.totals(self.db)[1] + sum(self._reserved.values())
+            client_used = index.client_usage(self.db, client) + self._reserved.get(client, 0)
+            if self.capacity.allocation and used + size > self.capacity.allocation:
+                raise StoreFull(
+                    f"allocation of {self.capacity.allocation} bytes is used up "
+                    f"({used} bytes stored)"
+                )
+            quota = self.capacity.client_quota
+            if quota and client_used + size > quota:
+                raise StoreFull(
+                    f"client quota of {quota} bytes is used up: this client keeps "
+                    f"{client_used} bytes here and offered {size} more"
+                )
+            self._reserved[client] = self._reserved.get(client, 0) + size
+
+    def _unreserve(self, size: int, client: bytes) -> None:
+        with self.lock:
+            left = self._reserved.get(client, 0) - size
+            if left > 0:
+                self._reserved[client] = left
+            else:
+                self._reserved.pop(client, None)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -124,18 +147,55 @@ class Provider:
         floor = self.min_price_per_gib_month * contract.size * (contract.end - contract.start)
         if contract.price * GIB * MONTH < floor:
             raise ProofError("contract: price below this node's minimum")
-        if merkle.root(data) != contract.root:
+        leaves = merkle.leaves(data)
+        if merkle.levels_from_leaves(leaves)[-1][0] != contract.root:
             raise ProofError("contract: Merkle root does not match the chunk")
         self.room_for(len(data), contract.client_key)
-        cid = self.store.put(data, expected=contract.chunk_id)
-        signed = contract.signed_by_node(self.node)
-        self.store.put_contract(signed.id, signed.encode())
-        with self.lock, self.db.conn:
-            index.add_chunk(self.db, cid, len(data), now)
-            index.add_contract(self.db, signed)
+        try:
+            cid = self.store.put(data, expected=contract.chunk_id, leaves=leaves)
+            signed = contract.signed_by_node(self.node)
+            self.store.put_contract(signed.id, signed.encode())
+            with self.lock, self.db.conn:
+                if not self.store.has(cid):
+                    # Garbage collection removed an older copy between our write and now.
+                    self.store.put(data, expected=cid, leaves=leaves)
+                index.add_chunk(self.db, cid, len(data), now)
+                index.add_contract(self.db, signed)
+        finally:
+            self._unreserve(len(data), contract.client_key)
         self.counters.stored += 1
         self.counters.ingress_bytes += len(data)
         return signed
+
+    def drop_contract(self, contract_id: bytes) -> int:
+        """Forget a contract, and its chunk when no other contract holds it; files removed.
+
+        Runs under the lock, so a chunk is never deleted between an upload writing it and
+        the upload's contract entering the index.
+        """
+        removed = 0
+        with self.lock, self.db.conn:
+            c = index.contract(self.db, contract_id)
+            self.store.delete_contract(contract_id)
+            index.remove_contract(self.db, contract_id.hex())
+            removed += 1
+            if c is not None and not index.contracts_for(self.db, c.chunk_id):
+                self.store.delete(c.chunk_id)
+                index.remove_chunk(self.db, c.chunk_id.hex())
+                removed += 1
+        return removed
+
+    def release(self, contract_id: bytes, signature: bytes) -> None:
+        """The client gives a contract up early: the chunk goes as soon as nothing holds it."""
+        with self.lock:
+            c = index.contract(self.db, contract_id)
+        if c is None:
+            return  # unknown or already gone: releasing is idempotent
+        if not identity.verify(c.client_key, wire.release_body(contract_id), signature):
+            raise ProofError("release: signature is not the contract client's")
+        self.drop_contract(contract_id)
+        self.counters.released += 1
+        _log.info("contract_released", contract=contract_id.hex()[:16])
 
     def fetch(self, cid: bytes) -> bytes:
         data = self.store.read_verified(cid)
@@ -143,10 +203,44 @@ class Provider:
         return data
 
     def prove(self, challenge: audit.Challenge) -> audit.Response:
-        """Answer an audit straight from the chunk file (works while the index rebuilds)."""
-        data = self.store.read(challenge.chunk_id)
+        """Answer an audit straight from the chunk file (works while the index rebuilds).
+
+        The segments always come from the chunk file; the cached leaf hashes only spare
+        hashing the rest of the chunk for the Merkle paths. Each sampled segment is checked
+        against its cached leaf first: on any mismatch, or with no usable cache, the whole
+        chunk is read and verified against its id, and the cache rewritten from it. A chunk
+        that is lost or damaged is never proved from the cache.
+        """
+        cid = challenge.chunk_id
+        response = self._prove_cached(challenge)
+        if response is None:
+            data = self.store.read_verified(cid)
+            leaves = merkle.leaves(data)
+            try:
+                self.store.save_tree(cid, len(data), leaves)
+                self.counters.trees_rebuilt += 1
+            except (StorageError, OSError) as exc:
+                _log.warning("tree_cache_not_saved", chunk=cid.hex()[:16], error=str(exc))
+            tree = merkle.levels_from_leaves(leaves)
+            idx = audit.sample_indexes(challenge.nonce, cid, len(leaves), challenge.samples)
+            segments = [merkle.segment(data, i) for i in idx]
+            response = audit.respond(challenge, tree, segments, self.node)
         self.counters.audits_answered += 1
-        return audit.answer(challenge, data, self.node)
+        return response
+
+    def _prove_cached(self, challenge: audit.Challenge) -> audit.Response | None:
+        cid = challenge.chunk_id
+        leaves = self.store.load_tree(cid, self.store.size_of(cid))
+        if leaves is None:
+            return None
+        idx = audit.sample_indexes(challenge.nonce, cid, len(leaves), challenge.samples)
+        size, segs = self.store.read_segments(cid, sorted(set(idx)))
+        if merkle.segment_count(size) != len(leaves):
+            return None
+        if any(merkle.leaf_hash(segs[i]) != leaves[i] for i in segs):
+            return None
+        tree = merkle.levels_from_leaves(leaves)
+        return audit.respond(challenge, tree, [segs[i] for i in idx], self.node)
 
     def handle(self, msg: wire.Message, peer_key: bytes | None, now: float) -> wire.Message:
         """Answer one request (blocking I/O: call from a worker thread)."""
@@ -188,6 +282,9 @@ class Provider:
                 return wire.Proof(self.prove(ch))
             case wire.Verdict(_, outcome):
                 self.self_reputation.record(self.node.public_key, outcome, now)
+                return wire.Ok()
+            case wire.Release(contract_id, signature):
+                self.release(contract_id, signature)
                 return wire.Ok()
             case wire.VoucherMsg(v):
                 problem = self.disk_problem()

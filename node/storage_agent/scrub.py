@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from node import log
-from node.storage_agent import index
+from node.storage_agent import index, merkle
 from node.storage_agent.errors import ChunkMissing, StorageError
 from node.storage_agent.provider import Provider
 from node.storage_agent.store import chunk_id
@@ -38,6 +38,7 @@ class ScrubStats:
     damaged: int = 0
     last_pass: float = 0.0
     collected: int = field(default=0)
+    trees_rebuilt: int = 0
 
 
 def scrub_batch(
@@ -58,16 +59,17 @@ def scrub_batch(
     with provider.lock:
         batch = index.scrub_batch(provider.db, now - max_age, limit)
     done = 0
-    for hex_id, _size in batch:
+    ids = [bytes.fromhex(hex_id) for hex_id, _size in batch]
+    for cid, got in provider.store.read_many(ids):
         if should_stop() or provider.disk_problem():
             break
-        cid = bytes.fromhex(hex_id)
-        try:
-            data: bytes | None = provider.store.read(cid)
-        except ChunkMissing:
+        hex_id = cid.hex()
+        if isinstance(got, ChunkMissing):
             data = None
-        except (StorageError, OSError):
+        elif isinstance(got, StorageError):
             continue
+        else:
+            data = got
         if data is None and provider.store.disk_problem():
             break  # the disk went away under us: that is not damage
         damaged = data is None or chunk_id(data) != cid
@@ -81,38 +83,56 @@ def scrub_batch(
                 index.remove_chunk(provider.db, hex_id)
             _log.warning("chunk_damaged", chunk=hex_id[:16], missing=data is None)
             on_damaged(cid)
-        else:
-            with provider.lock, provider.db.conn:
-                index.mark_scrubbed(provider.db, hex_id, now, False)
+            continue
+        assert data is not None
+        if provider.store.load_tree(cid, len(data)) is None:
+            # The chunk is sound (it hashes to its id): its tree cache can be trusted again.
+            with contextlib.suppress(StorageError, OSError):
+                provider.store.save_tree(cid, len(data), merkle.leaves(data))
+                stats.trees_rebuilt += 1
+        with provider.lock, provider.db.conn:
+            index.mark_scrubbed(provider.db, hex_id, now, False)
     stats.last_pass = now
     return done
 
 
 def quarantine(provider: Provider, cid: bytes) -> None:
+    """Move a damaged chunk to ``damaged/`` and drop its tree cache."""
     src = provider.store.path_of(cid)
     dst_dir = provider.store.root / DAMAGED_DIR
     with contextlib.suppress(OSError):
         dst_dir.mkdir(mode=0o700, exist_ok=True)
         os.replace(src, dst_dir / cid.hex())
+    provider.store.delete(cid)
 
 
 def collect_garbage(provider: Provider, now: float, orphan_grace: float) -> int:
-    """Drop expired contracts and chunks no contract holds any more; returns files removed."""
+    """Drop ended contracts, their chunks when nothing else holds them, and chunks stored
+    without any contract for longer than ``orphan_grace``; returns files removed.
+
+    Vouchers are never touched: earnings for the ended contracts stay in the ledger.
+    """
     removed = 0
     with provider.lock:
         ended = index.expired(provider.db, now)
     for contract_hex, _chunk_hex in ended:
-        provider.store.delete_contract(bytes.fromhex(contract_hex))
-        with provider.lock, provider.db.conn:
-            index.remove_contract(provider.db, contract_hex)
-        removed += 1
+        removed += provider.drop_contract(bytes.fromhex(contract_hex))
     with provider.lock:
         lonely = index.orphans(provider.db, now - orphan_grace)
     for chunk_hex in lonely:
-        provider.store.delete(bytes.fromhex(chunk_hex))
         with provider.lock, provider.db.conn:
+            if index.contracts_for(provider.db, bytes.fromhex(chunk_hex)):
+                continue  # an upload gave it a contract meanwhile
+            provider.store.delete(bytes.fromhex(chunk_hex))
             index.remove_chunk(provider.db, chunk_hex)
         removed += 1
     if removed:
         _log.info("storage_gc", removed=removed)
     return removed
+
+
+def next_expiry(provider: Provider) -> float | None:
+    """When the next contract ends (seconds since the epoch), if any."""
+    with provider.lock:
+        row = provider.db.execute('SELECT MIN("end") FROM storage_contracts').fetchone()
+    return None if row is None or row[0] is None else float(row[0])

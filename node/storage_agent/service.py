@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 _log = log.get_logger(__name__)
 ORPHAN_GRACE = 3600.0
 GC_INTERVAL = 60.0
+GC_MIN_WAIT = 1.0
 SCRUB_TICK = 5.0
 SCRUB_BATCH = 32
 PEER_REFRESH = 30.0
@@ -260,12 +262,20 @@ class StorageService:
         while True:
             if not (self.ctx.limits.pause_background or self.paused or self.degraded_reason):
                 try:
-                    await asyncio.to_thread(
+                    self.scrub_stats.collected += await asyncio.to_thread(
                         scrub.collect_garbage, self.provider, time.time(), ORPHAN_GRACE
                     )
                 except (StorageError, OSError) as exc:
                     _log.warning("gc_failed", error=str(exc))
-            await asyncio.sleep(GC_INTERVAL)
+            await asyncio.sleep(await self._until_next_gc())
+
+    async def _until_next_gc(self) -> float:
+        """Seconds to the next collection: soon after the next contract ends, at most a minute."""
+        with contextlib.suppress(StorageError, OSError, sqlite3.Error):
+            end = await asyncio.to_thread(scrub.next_expiry, self.provider)
+            if end is not None:
+                return min(GC_INTERVAL, max(GC_MIN_WAIT, end + 1.0 - time.time()))
+        return GC_INTERVAL
 
     async def rebuild(self) -> dict[str, int]:
         """Rebuild the index from the chunk files in a thread at idle I/O priority."""
@@ -472,5 +482,8 @@ class StorageService:
             "accepting_peers": sum(p.accepting for p in self._peers.values()),
             "scrubbed": self.scrub_stats.scrubbed,
             "damaged": self.scrub_stats.damaged,
+            "collected": self.scrub_stats.collected,
+            "contracts_released": self.provider.counters.released,
+            "trees_rebuilt": self.provider.counters.trees_rebuilt + self.scrub_stats.trees_rebuilt,
             **self.placer.status(),
         }

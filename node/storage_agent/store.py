@@ -4,14 +4,21 @@ Layout under the store root (the data disk)::
 
     storage-id                 verification file: this node's id (a swapped disk is noticed)
     chunks/ab/cd/<id>          chunk bytes, <id> = hex BLAKE2b-256 of the bytes
+    chunks/ab/cd/<id>.tree     cache of the chunk's Merkle leaf hashes (checksummed; rebuilt
+                               from the chunk whenever missing or damaged)
     chunks/.tmp/               uploads in progress (removed at start: never visible as chunks)
     contracts/ab/<contract id> signed contracts (the index is rebuilt from these and the chunks)
     vouchers/<channel>.log     every voucher received, appended (earnings survive a lost state.db)
     files/<file id>.json       placement records of files this node put into the network
 
-A chunk is written to a temp file, fsynced, renamed into place, and its directory fsynced;
-only then does :meth:`ChunkStore.put` return. A power cut at any instant leaves either no file
-or the whole file under its final name.
+A chunk and its tree cache are written to temp files, fsynced, renamed into place (chunk
+first), and their directory fsynced; only then does :meth:`ChunkStore.put` return. A power cut
+at any instant leaves either no chunk or the whole chunk under its final name; a chunk left
+without its cache gets it back on its next audit or scrub.
+
+The cache only saves hashing a whole chunk to answer an audit: the segments of an answer are
+always read from the chunk file and checked against the cached leaves, so a node that lost or
+damaged a chunk cannot prove it from the cache.
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import hmac
 import os
-import secrets
-from collections.abc import Iterator
+import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from node import fsutil
+from node.storage_agent import merkle
 from node.storage_agent.contracts import MAX_CHUNK
 from node.storage_agent.errors import ChunkCorrupt, ChunkMissing, StorageError, StoreFull
 
@@ -35,6 +45,9 @@ CONTRACTS = "contracts"
 VOUCHERS = "vouchers"
 FILES = "files"
 ID_LEN = 32
+READ_PIECE = 1 << 20
+PREFETCH = 2
+"""Chunks read ahead (``POSIX_FADV_WILLNEED``) by :meth:`ChunkStore.read_many`."""
 
 
 class DiskProblem(StorageError):
@@ -52,76 +65,75 @@ def parse_id(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durable(path: Path, data: bytes, tmp_dir: Path) -> None:
     """Write ``data`` to ``path`` atomically and durably (temp + fsync + rename + dir fsync).
 
     ``tmp_dir`` lives on the data disk: when it is missing the disk is gone, and nothing is
     written (least of all into the empty mount point it leaves behind).
     """
+    write_group([(path, data)], tmp_dir)
+
+
+def write_group(items: list[tuple[Path, bytes]], tmp_dir: Path) -> None:
+    """Several files of one directory, durable together (see :func:`fsutil.write_group`)."""
     if not tmp_dir.is_dir():
         raise DiskProblem(f"{tmp_dir} is missing (data disk unplugged or not mounted?)")
-    made = _makedirs(path.parent)
-    tmp = tmp_dir / f"{path.name}.{secrets.token_hex(6)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
-    for d in made:
-        fsync_dir(d.parent)
+    fsutil.write_group(items, tmp_dir=tmp_dir)
 
 
 def append_durable(path: Path, data: bytes) -> None:
     """Append ``data`` to ``path`` and fsync it (creating the file, not its directory)."""
     if not path.parent.is_dir():
         raise DiskProblem(f"{path.parent} is missing (data disk unplugged or not mounted?)")
-    new = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if new:
-        fsync_dir(path.parent)
+    fsutil.append(path, data)
 
 
-def _makedirs(path: Path) -> list[Path]:
-    """Create missing directories; returns the ones created (outermost first)."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    made = []
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o700)
-            made.append(d)
-    return made
+# -- the Merkle tree cache ----------------------------------------------------------------
+
+TREE_SUFFIX = ".tree"
+_TREE_MAGIC = b"bctree1\0"
+_TREE_HEAD = struct.Struct(">8sIQI")
+_TREE_SUM = 32
+
+
+def encode_tree(cid: bytes, size: int, leaves: list[bytes]) -> bytes:
+    """The cache file of a chunk's leaf hashes, bound to the chunk's id by a checksum."""
+    body = _TREE_HEAD.pack(_TREE_MAGIC, merkle.SEGMENT_SIZE, size, len(leaves)) + b"".join(leaves)
+    return body + hashlib.blake2b(cid + body, digest_size=_TREE_SUM).digest()
+
+
+def decode_tree(cid: bytes, size: int, raw: bytes) -> list[bytes]:
+    """Leaf hashes from a cache file of chunk ``cid`` of ``size`` bytes; ValueError if damaged."""
+    head = _TREE_HEAD.size
+    if len(raw) < head + _TREE_SUM:
+        raise ValueError(f"tree cache of {len(raw)} bytes is too short")
+    magic, seg, cached_size, count = _TREE_HEAD.unpack_from(raw)
+    if magic != _TREE_MAGIC or seg != merkle.SEGMENT_SIZE:
+        raise ValueError("tree cache has an unknown format")
+    if cached_size != size or count != merkle.segment_count(size):
+        raise ValueError(f"tree cache is for {cached_size} bytes, the chunk has {size}")
+    if len(raw) != head + count * merkle.HASH_LEN + _TREE_SUM:
+        raise ValueError("tree cache has the wrong length")
+    body, digest = raw[:-_TREE_SUM], raw[-_TREE_SUM:]
+    if not hmac.compare_digest(hashlib.blake2b(cid + body, digest_size=_TREE_SUM).digest(), digest):
+        raise ValueError("tree cache checksum mismatch")
+    return [
+        raw[head + i * merkle.HASH_LEN : head + (i + 1) * merkle.HASH_LEN] for i in range(count)
+    ]
+
+
+def _read_fd(fd: int) -> bytes:
+    """The whole file: one buffer of its size, filled by the kernel (no further copies)."""
+    size = os.fstat(fd).st_size
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    data = os.read(fd, size)
+    if len(data) == size:
+        return data
+    parts = [data]
+    while piece := os.read(fd, max(size - len(data), READ_PIECE)):
+        parts.append(piece)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +205,21 @@ class ChunkStore:
         h = cid.hex()
         return self.chunks / h[:2] / h[2:4] / h
 
+    def tree_path(self, cid: bytes) -> Path:
+        p = self.path_of(cid)
+        return p.with_name(p.name + TREE_SUFFIX)
+
     def has(self, cid: bytes) -> bool:
         return self.path_of(cid).is_file()
 
-    def put(self, data: bytes, expected: bytes | None = None) -> bytes:
-        """Store ``data`` durably; returns its id. Idempotent for a chunk already present."""
+    def put(
+        self, data: bytes, expected: bytes | None = None, leaves: list[bytes] | None = None
+    ) -> bytes:
+        """Store ``data`` and its tree cache durably; returns its id.
+
+        ``leaves`` are the chunk's Merkle leaf hashes when the caller has them already.
+        Idempotent for a chunk already present (its cache is restored if needed).
+        """
         if len(data) > MAX_CHUNK:
             raise StorageError(f"chunk of {len(data)} bytes exceeds the {MAX_CHUNK}-byte limit")
         cid = chunk_id(data)
@@ -205,23 +227,35 @@ class ChunkStore:
             raise ChunkCorrupt(f"chunk bytes hash to {cid.hex()[:16]}…, not {expected.hex()[:16]}…")
         path = self.path_of(cid)
         with contextlib.suppress(OSError):
-            if path.stat().st_size == len(data) and chunk_id(path.read_bytes()) == cid:
+            if path.stat().st_size == len(data) and chunk_id(self.read(cid)) == cid:
+                if self.load_tree(cid, len(data)) is None:
+                    self.save_tree(cid, len(data), leaves or merkle.leaves(data))
                 return cid
+        tree = encode_tree(cid, len(data), leaves or merkle.leaves(data))
         try:
-            write_durable(path, data, self.tmp)
+            write_group([(path, data), (self.tree_path(cid), tree)], self.tmp)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreFull(f"data disk full while writing chunk {cid.hex()[:16]}…") from exc
             raise StorageError(f"cannot write chunk to {path}: {exc.strerror}") from exc
         return cid
 
-    def read(self, cid: bytes) -> bytes:
+    def _open(self, cid: bytes) -> int:
         try:
-            return self.path_of(cid).read_bytes()
+            return os.open(self.path_of(cid), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ChunkMissing(f"chunk {cid.hex()[:16]}… is not stored here") from None
         except OSError as exc:
             raise StorageError(f"cannot read chunk {cid.hex()[:16]}…: {exc.strerror}") from exc
+
+    def read(self, cid: bytes) -> bytes:
+        fd = self._open(cid)
+        try:
+            return _read_fd(fd)
+        except OSError as exc:
+            raise StorageError(f"cannot read chunk {cid.hex()[:16]}…: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
 
     def read_verified(self, cid: bytes) -> bytes:
         data = self.read(cid)
@@ -229,12 +263,80 @@ class ChunkStore:
             raise ChunkCorrupt(f"chunk {cid.hex()[:16]}… is damaged (hash mismatch)")
         return data
 
-    def delete(self, cid: bytes) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path_of(cid).unlink()
+    def read_many(
+        self, cids: Sequence[bytes], prefetch: int = PREFETCH
+    ) -> Iterator[tuple[bytes, bytes | StorageError]]:
+        """``(id, bytes or the error)`` for each chunk in turn, the next ones read ahead.
 
-    def scan(self) -> Iterator[tuple[bytes, int]]:
-        """Every chunk file (id, size); stray files are skipped."""
+        While one chunk is read the kernel is already fetching the following ``prefetch``
+        ones, so the disk always has work queued (one file at a time leaves it idle between
+        files).
+        """
+        for cid in cids[:prefetch]:
+            self._will_need(cid)
+        for i, cid in enumerate(cids):
+            if i + prefetch < len(cids):
+                self._will_need(cids[i + prefetch])
+            try:
+                yield cid, self.read(cid)
+            except StorageError as exc:
+                yield cid, exc
+
+    def _will_need(self, cid: bytes) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            fd = os.open(self.path_of(cid), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
+    def size_of(self, cid: bytes) -> int:
+        try:
+            return self.path_of(cid).stat().st_size
+        except FileNotFoundError:
+            raise ChunkMissing(f"chunk {cid.hex()[:16]}… is not stored here") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read chunk {cid.hex()[:16]}…: {exc.strerror}") from exc
+
+    def read_segments(self, cid: bytes, indexes: Sequence[int]) -> tuple[int, dict[int, bytes]]:
+        """``(chunk size, {index: segment bytes})`` read straight from the chunk file."""
+        fd = self._open(cid)
+        try:
+            size = os.fstat(fd).st_size
+            out = {}
+            for i in indexes:
+                want = max(0, min(merkle.SEGMENT_SIZE, size - i * merkle.SEGMENT_SIZE))
+                seg = os.pread(fd, want, i * merkle.SEGMENT_SIZE) if want else b""
+                if len(seg) != want:
+                    raise ChunkCorrupt(f"chunk {cid.hex()[:16]}… shrank while being read")
+                out[i] = seg
+            return size, out
+        except OSError as exc:
+            raise StorageError(f"cannot read chunk {cid.hex()[:16]}…: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
+    def load_tree(self, cid: bytes, size: int) -> list[bytes] | None:
+        """The cached leaf hashes of chunk ``cid`` of ``size`` bytes; None if missing or bad."""
+        try:
+            raw = self.tree_path(cid).read_bytes()
+            return decode_tree(cid, size, raw)
+        except (OSError, ValueError):
+            return None
+
+    def save_tree(self, cid: bytes, size: int, leaves: list[bytes]) -> None:
+        write_durable(self.tree_path(cid), encode_tree(cid, size, leaves), self.tmp)
+
+    def delete(self, cid: bytes) -> None:
+        for path in (self.path_of(cid), self.tree_path(cid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def scan(self, strays: list[Path] | None = None) -> Iterator[tuple[bytes, int]]:
+        """Every chunk file (id, size); other files are skipped.
+
+        Tree caches whose chunk is gone are added to ``strays`` when it is given.
+        """
         if not self.chunks.exists():
             return
         for a in sorted(self.chunks.iterdir()):
@@ -243,13 +345,18 @@ class ChunkStore:
             for b in sorted(a.iterdir()):
                 if not b.is_dir():
                     continue
-                for f in b.iterdir():
+                names = set(os.listdir(b))
+                for name in names:
+                    if name.endswith(TREE_SUFFIX):
+                        if strays is not None and name[: -len(TREE_SUFFIX)] not in names:
+                            strays.append(b / name)
+                        continue
                     try:
-                        cid = parse_id(f.name)
+                        cid = parse_id(name)
                     except ValueError:
                         continue
                     with contextlib.suppress(FileNotFoundError):
-                        yield cid, f.stat().st_size
+                        yield cid, (b / name).stat().st_size
 
     # -- contracts ------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Every message is ``u32 length || u8 type || body`` with the length covering type and body and
 bounded by :data:`MAX_FRAME`. One request and one answer per exchange; a stream may carry
 several exchanges in turn. Requests: STORE (client-signed contract + chunk) -> STORED
-(countersigned contract); FETCH -> CHUNK; CHALLENGE -> PROOF; VERDICT -> OK; VOUCHER -> OK.
+(countersigned contract); FETCH -> CHUNK; CHALLENGE -> PROOF; VERDICT -> OK; VOUCHER -> OK;
+RELEASE (contract id, signed by the contract's client) -> OK.
 Any request may be answered with ERROR (code + one-line reason).
 """
 
@@ -24,6 +25,7 @@ from node.storage_agent.vouchers import Voucher
 PROTOCOL = "storage/1"
 MAX_FRAME = MAX_CHUNK + 64 * 1024
 _OUTCOMES = list(Outcome)
+_RELEASE_DOMAIN = b"bitchat-release-v1"
 
 
 class MsgType(enum.IntEnum):
@@ -39,6 +41,7 @@ class MsgType(enum.IntEnum):
     ERROR = 10
     HELLO = 11
     INFO = 12
+    RELEASE = 13
 
 
 class ErrorCode(enum.IntEnum):
@@ -95,6 +98,19 @@ class VoucherMsg:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """The client gives up a contract before its term ends (e.g. after a failed upload)."""
+
+    contract_id: bytes
+    signature: bytes
+    """The contract's client signs :func:`release_body` of the contract id."""
+
+
+def release_body(contract_id: bytes) -> bytes:
+    return _RELEASE_DOMAIN + contract_id
+
+
+@dataclass(frozen=True, slots=True)
 class Ok:
     pass
 
@@ -131,6 +147,7 @@ Message = (
     | Error
     | Hello
     | Info
+    | Release
 )
 
 
@@ -159,6 +176,9 @@ def encode(msg: Message) -> bytes:
         case Verdict(nonce, outcome):
             kind = MsgType.VERDICT
             w.push_bytes(nonce).push_u8(_OUTCOMES.index(outcome))
+        case Release(contract_id, signature):
+            kind = MsgType.RELEASE
+            w.push_bytes(contract_id).push_bytes(signature)
         case VoucherMsg(v):
             kind = MsgType.VOUCHER
             w.push_bytes(v.encode())
@@ -207,6 +227,8 @@ def decode(kind: int, body: bytes) -> Message:
         msg = Ok()
     elif t is MsgType.HELLO:
         msg = Hello()
+    elif t is MsgType.RELEASE:
+        msg = Release(r.pull_bytes(32), r.pull_bytes(64))
     elif t is MsgType.INFO:
         key, free, accepting = r.pull_bytes(32), r.pull_u64(), r.pull_u8()
         if accepting > 1:

@@ -26,7 +26,8 @@ def test_flipped_byte_is_found_by_scrub_and_repaired(data_dir: Path, tmp_path: P
     try:
         wait_for("peers", lambda: status(agent)["accepting_peers"] >= 1)
         file_id = put(agent, src)
-        files = sorted((data_dir / "chunks").glob("??/??/*"), key=lambda p: p.stat().st_size)
+        chunks = [p for p in (data_dir / "chunks").glob("??/??/*") if p.suffix != ".tree"]
+        files = sorted(chunks, key=lambda p: p.stat().st_size)
         victim = files[-1]
         raw = bytearray(victim.read_bytes())
         raw[len(raw) // 2] ^= 0x40

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from node import state
 from node.identity import Identity
-from node.storage_agent import index
+from node.storage_agent import index, merkle
 from node.storage_agent.errors import ChunkCorrupt, ChunkMissing
-from node.storage_agent.store import ChunkStore, DiskProblem, chunk_id
+from node.storage_agent.store import ChunkStore, DiskProblem, chunk_id, decode_tree, encode_tree
 
 NODE = Identity.from_seed(b"s" * 32)
 
@@ -81,3 +84,57 @@ def test_index_rebuild_from_files_marks_damage(tmp_path: Path) -> None:
     assert counts["chunks"] == 20 and counts["damaged"] == 1
     assert index.totals(db) == (20, 20 * 5000)
     assert index.get_meta(db, index.INDEX_COMPLETE) is not None
+
+
+def test_index_rebuild_skips_tree_caches_and_removes_stray_ones(tmp_path: Path) -> None:
+    store = make(tmp_path / "disk")
+    ids = [store.put(os.urandom(9000)) for _ in range(5)]
+    assert all(store.tree_path(c).is_file() for c in ids)
+    store.path_of(ids[0]).unlink()  # lost from outside the agent: its cache is a stray
+    (store.tree_path(ids[0]).parent / "not-a-chunk").write_bytes(b"x")
+    db = state.open_state(tmp_path / "state.db")
+    index.setup(db)
+    counts = index.rebuild(db, store)
+    assert counts["chunks"] == 4 and counts["damaged"] == 0 and counts["stray_trees"] == 1
+    assert not store.tree_path(ids[0]).exists()
+    assert all(store.tree_path(c).is_file() for c in ids[1:])
+
+
+def test_put_restores_a_missing_tree_cache(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    data = os.urandom(20_000)
+    cid = store.put(data)
+    store.tree_path(cid).unlink()
+    assert store.put(data) == cid
+    assert store.load_tree(cid, len(data)) == merkle.leaves(data)
+
+
+def test_read_many_reads_ahead_and_reports_missing(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    blobs = [os.urandom(70_000) for _ in range(5)]
+    ids = [store.put(b) for b in blobs]
+    absent = chunk_id(b"absent")
+    got = list(store.read_many([*ids[:2], absent, *ids[2:]]))
+    assert [c for c, _ in got] == [*ids[:2], absent, *ids[2:]]
+    assert isinstance(got[2][1], ChunkMissing)
+    assert [d for _, d in got if isinstance(d, bytes)] == blobs
+
+
+@given(st.binary(max_size=300), st.integers(0, 1 << 23))
+def test_tree_cache_parser_never_crashes(raw: bytes, size: int) -> None:
+    cid = chunk_id(raw)
+    with contextlib.suppress(ValueError):
+        decode_tree(cid, size, raw)
+
+
+@given(st.binary(min_size=1, max_size=20_000), st.integers(0, 400))
+def test_tree_cache_round_trips_and_any_flip_is_caught(data: bytes, where: int) -> None:
+    cid = chunk_id(data)
+    raw = encode_tree(cid, len(data), merkle.leaves(data))
+    assert decode_tree(cid, len(data), raw) == merkle.leaves(data)
+    bad = bytearray(raw)
+    bad[where % len(raw)] ^= 0x80
+    with pytest.raises(ValueError):
+        decode_tree(cid, len(data), bytes(bad))
+    with pytest.raises(ValueError):
+        decode_tree(chunk_id(b"another chunk"), len(data), raw)

@@ -51,6 +51,7 @@ messages = st.one_of(
     st.builds(wire.VoucherMsg, vouchers),
     st.just(wire.Ok()),
     st.just(wire.Hello()),
+    st.builds(wire.Release, b32, st.binary(min_size=64, max_size=64)),
     st.builds(wire.Info, b32, st.integers(0, 2**64 - 1), st.booleans()),
     st.builds(wire.Error, st.sampled_from(list(wire.ErrorCode)), st.text(max_size=50)),
 )

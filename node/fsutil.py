@@ -1,0 +1,130 @@
+"""Durable file writes: a power cut at any instant leaves the old file or the whole new one.
+
+The pattern is always the same: write a temp file, fsync it, rename it into place, fsync the
+directory (and the parents of any directory created on the way). :func:`write_group` does it
+for several files of one directory with a single directory fsync at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs(path: Path, mode: int = 0o700) -> list[Path]:
+    """Create missing directories; returns the ones created (outermost first).
+
+    Their parents are not fsynced here: a caller that needs the new directories to survive a
+    power cut fsyncs ``d.parent`` for each (as :func:`write_group` does).
+    """
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    made = []
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=mode)
+            made.append(d)
+    return made
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    os.fsync(fd)
+
+
+def _write_temp(tmp: Path, data: bytes | bytearray | memoryview, mode: int) -> None:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.close(fd)
+
+
+def write_group(
+    items: Sequence[tuple[Path, bytes | bytearray | memoryview]],
+    *,
+    tmp_dir: Path | None = None,
+    mode: int = 0o600,
+    exclusive: bool = False,
+) -> None:
+    """Write every ``(path, data)`` durably; all paths must share one directory.
+
+    Temp files go to ``tmp_dir`` (same filesystem) or beside the targets. All of them are
+    written and fsynced before the first rename, renames follow in the order given, and the
+    directory is fsynced once at the end: when this returns, every file is on the disk. With
+    a ``tmp_dir`` that is missing nothing at all is created (not even a directory). With
+    ``exclusive`` an existing target is never replaced (:class:`FileExistsError`).
+    """
+    if not items:
+        return
+    parent = items[0][0].parent
+    if any(p.parent != parent for p, _ in items):
+        raise ValueError("write_group: all files must be in one directory")
+    temps: list[tuple[Path, Path]] = []
+    made = [] if tmp_dir is not None else makedirs(parent)
+    try:
+        for path, data in items:
+            tmp = (tmp_dir or parent) / f".{path.name}.{secrets.token_hex(6)}.tmp"
+            _write_temp(tmp, data, mode)
+            temps.append((tmp, path))
+        made += makedirs(parent)
+        while temps:
+            tmp, path = temps[0]
+            if exclusive:
+                os.link(tmp, path)
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
+            temps.pop(0)
+    finally:
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    fsync_dir(parent)
+    for d in made:
+        fsync_dir(d.parent)
+
+
+def write(
+    path: Path,
+    data: bytes | bytearray | memoryview,
+    *,
+    tmp_dir: Path | None = None,
+    mode: int = 0o600,
+    exclusive: bool = False,
+) -> None:
+    """Write one file durably (see :func:`write_group`)."""
+    write_group([(path, data)], tmp_dir=tmp_dir, mode=mode, exclusive=exclusive)
+
+
+def append(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` and fsync it (and the directory when the file is new)."""
+    new = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+    if new:
+        fsync_dir(path.parent)
