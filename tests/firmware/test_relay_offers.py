@@ -9,10 +9,12 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientSession, web
 
 from node.agent import AgentContext
 from node.overlay.records import RELAY_MICROPYTHON, relay_kind, sign_record
+from node.relays import service as relays_service
 from node.relays.http import add_routes
 from node.relays.service import Enrollment, RelaysService
 from node.transport.endpoint import Endpoint
@@ -108,6 +110,30 @@ async def test_quota_cuts_a_relayed_session(tmp_path: Path) -> None:
                             "session closed")  # fmt: skip
                 await asyncio.sleep(2)
                 assert svc.ended["quota"] == 1  # and no later allocation was used up by it
+    finally:
+        await stop_node(peer)
+        await stop_node(box)
+
+
+async def test_unused_offers_rotate_and_vanish_with_their_board(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relays_service, "OFFER_ROTATE_S", 1.5)
+    box, svc, enrolled, peer, base = await _box_and_peer(tmp_path)
+    refreshed: list[int] = []
+    monkeypatch.setattr(overlay_of(box), "refresh_record", lambda: refreshed.append(1))
+    try:
+        async with running(box):
+            with relay_board(tmp_path, enrolled, "127.0.0.1", base):
+                await until(svc.record_offers, "an open allocation on the board")
+                first = svc.record_offers()
+                await until(lambda: svc.record_offers() not in ([], first), "a fresh offer")
+                await until(lambda: svc.ended["freed"] >= 1, "the old offer freed")
+                assert len(refreshed) >= 2
+            # The board is gone: after three keepalives it is offline and so are its offers.
+            await until(lambda: svc.status()["online"] == 0, "board offline", timeout=10)
+            await svc.maintain_offers()
+            assert svc.record_offers() == [] and svc.offers == {}
     finally:
         await stop_node(peer)
         await stop_node(box)
