@@ -220,6 +220,16 @@ class Router:
         self.ns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", self.udp_stream_timeout)
         self.reload()
 
+    def udp_flows(self, src: str | None = None, dst: str | None = None) -> list[str]:
+        """The router's conntrack UDP entries (its NAT bindings), optionally only those whose
+        original direction is from ``src`` and/or to ``dst``."""
+        cmd = ["conntrack", "-L", "-p", "udp"]
+        if src is not None:
+            cmd += ["-s", src]
+        if dst is not None:
+            cmd += ["-d", dst]
+        return [line for line in self.ns.run(cmd).splitlines() if line.startswith("udp")]
+
     def flush_conntrack(self) -> None:
         """Forget every NAT binding now (as a router reboot would)."""
         self.ns.run(["conntrack", "-F"])

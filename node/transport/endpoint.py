@@ -251,6 +251,12 @@ class Connection:
     def rtt(self) -> float | None:
         return self._core.smoothed_rtt
 
+    @property
+    def silence(self) -> tuple[float, float]:
+        """Seconds since the last packet from the peer, and the idle timeout of the session."""
+        core = self._core
+        return self._endpoint._now() - core._last_received, core.idle_timeout
+
     def status(self) -> dict[str, Any]:
         return self._core.status()
 

@@ -97,8 +97,8 @@ class LabAgent:
             self.process.stop(sig)
 
 
-def agent_config(bootstrap: Iterable[str], nat: str = "", extra: str = "") -> str:
-    """config.toml of a lab agent; ``nat`` adds keys to its [nat] section."""
+def agent_config(bootstrap: Iterable[str], nat: str = "", network: str = "") -> str:
+    """config.toml of a lab agent; ``nat`` and ``network`` add keys to those sections."""
     boot = ", ".join(f'"{b}"' for b in bootstrap)
     return f"""[node]
 log_level = "debug"
@@ -106,20 +106,24 @@ log_level = "debug"
 [network]
 listen = "0.0.0.0:{PORT}"
 bootstrap = [{boot}]
-
+{network}
 [nat]
 rediscover_s = 600
 {nat}
 [web]
 listen = "{WEB}"
-{extra}"""
+"""
 
 
 class AgentLab:
     """Bootstrap/relay agents and one agent per (kind, slot) in a lab."""
 
-    def __init__(self, lab: Lab, tmp: Path, *, udp_timeout: int = 30, relays: int = 2) -> None:
+    def __init__(
+        self, lab: Lab, tmp: Path, *, udp_timeout: int = 30, relays: int = 2, network: str = ""
+    ) -> None:
         self.lab = lab
+        self.network = network
+        """Extra [network] keys for every agent."""
         self.tmp = tmp
         self.udp_timeout = udp_timeout
         self.relays: list[LabAgent] = []
@@ -134,7 +138,7 @@ class AgentLab:
                bootstrap: list[str], nat: str = "") -> LabAgent:  # fmt: skip
         data_dir = self.tmp / name
         _, token = init_data_dir(data_dir)
-        (data_dir / "config.toml").write_text(agent_config(bootstrap, nat))
+        (data_dir / "config.toml").write_text(agent_config(bootstrap, nat, self.network))
         prefix = ["ip", "netns", "exec", ns.netns]
         run = start_agent(
             data_dir, ["--listen", f"0.0.0.0:{PORT}", "--web", WEB], timeout=60, prefix=prefix
@@ -153,20 +157,28 @@ class AgentLab:
             nat = "stun_servers = [" + ", ".join(f'"{s}"' for s in servers) + "]\n"
             self.relays.append(self._start(f"boot{i}", "public", ns, None, others[:i], nat))
 
-    def place(self, kind: str, slot: int) -> tuple[Namespace, Router | None]:
+    def place(
+        self, kind: str, slot: int, udp_timeout: int | None = None
+    ) -> tuple[Namespace, Router | None]:
         name = f"{SHORT[kind]}{slot}"
         if kind == "public":
             return self.lab.public_host(f"h{name}"), None
         nat = "port-restricted-cone" if kind == "upnp" else kind
+        timeout = udp_timeout or self.udp_timeout
         router = self.lab.router(
-            f"r{name}", nat, upnp=kind == "upnp", udp_timeout=self.udp_timeout,
-            udp_stream_timeout=self.udp_timeout,
+            f"r{name}", nat, upnp=kind == "upnp", udp_timeout=timeout,
+            udp_stream_timeout=timeout,
         )  # fmt: skip
         return router.host(f"h{name}"), router
 
-    def add(self, cells: Iterable[tuple[str, int]]) -> list[LabAgent]:
-        """Start an agent for each (kind, slot), in parallel; networks are built first."""
-        places = {(k, s): self.place(k, s) for k, s in cells if (k, s) not in self.agents}
+    def add(
+        self, cells: Iterable[tuple[str, int]], *, udp_timeout: int | None = None
+    ) -> list[LabAgent]:
+        """Start an agent for each (kind, slot), in parallel; networks are built first (their
+        routers with conntrack UDP timeouts of ``udp_timeout``, default the lab's)."""
+        places = {
+            (k, s): self.place(k, s, udp_timeout) for k, s in cells if (k, s) not in self.agents
+        }
 
         def one(item: tuple[tuple[str, int], tuple[Namespace, Router | None]]) -> LabAgent:
             (kind, slot), (ns, router) = item

@@ -145,6 +145,11 @@ class Keepalive:
         return n
 
     async def run(self) -> None:
+        # wakes at least every second, so a new interval (once measured) applies at once
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
-            await asyncio.sleep(self.interval)
-            self.tick()
+            await asyncio.sleep(max(0.0, min(1.0, last + self.interval - loop.time())))
+            if loop.time() >= last + self.interval:
+                last = loop.time()
+                self.tick()

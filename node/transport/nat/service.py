@@ -462,6 +462,10 @@ class NatService:
             "binding_lifetime_s": self.binding_lifetime,
             "keepalive_s": self.keepalive.interval if self.keepalive else None,
             "traversal": self.traversal.counters if self.traversal else None,
-            "relay": self.relay_server.counters if self.relay_server else None,
+            "relay": (
+                {**self.relay_server.counters, "active": self.relay_server.active}
+                if self.relay_server
+                else None
+            ),
             "relay_reservations": self.relay_addresses(),
         }

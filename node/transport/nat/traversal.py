@@ -193,6 +193,26 @@ class Traversal:
                 spawned.add_done_callback(lambda t: t.cancelled() or t.exception())
 
         task.add_done_callback(died)
+        guard = asyncio.ensure_future(self._guard(conn, shim, target, relays, relay_id))
+        guard.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _guard(
+        self, conn: Connection, shim: Address, target: bytes, relays: list[Connection],
+        relay_id: bytes,
+    ) -> None:  # fmt: skip
+        """Move a relayed session off a relay that went silent (a relay that died without a
+        word): a session silent for half its idle timeout while keepalives run has lost its
+        path, and moving it now beats the idle timeout that would end it at both ends."""
+        while not conn.is_closed and conn.remote_address == shim:
+            silent, idle = conn.silence
+            if silent > idle / 2:
+                _log.info("relay_silent", peer=conn.peer_id.hex()[:16], silent_s=round(silent, 1))
+                others = [r for r in relays if r.peer_id != relay_id]
+                await self._replace(conn, target, others)
+                if conn.remote_address != shim:
+                    self.relays.close_path(shim)
+                return
+            await asyncio.sleep(max(0.2, idle / 10))
 
     async def _lost(
         self, conn: Connection, shim: Address, target: bytes, relays: list[Connection]
