@@ -318,6 +318,10 @@ class RelaysService:
         if changed:
             self._refresh_record()
 
+    def carries(self, address: tuple[str, int]) -> bool:
+        """Whether a session from ``address`` comes through one of our boards' offers."""
+        return any(o.box_leg == address for o in self.offers.values())
+
     def record_offers(self) -> list[str]:
         """``relays`` entries for the node record: the open offers' peer legs."""
         return [

@@ -158,6 +158,7 @@ async def test_peer_reaches_a_box_behind_symmetric_nat_through_its_board(
                 assert box_ep is not None
                 (seen,) = [c for c in box_ep.connections if c.peer_id == peer.identity.node_id]
                 assert seen.remote_address == (board_ns.addr, 7711)
+                assert nat_of(box).path_of(seen) == nat_of(peer).path_of(conn) == "relayed"
 
                 await until(lambda: svc.counters["offers_used"] == 1, "offer taken")
                 await until(lambda: len(svc.record_offers()) == 1 and entry not in

@@ -78,6 +78,8 @@ class NatService:
         self.traversal: Traversal | None = None
         self.relay_server: RelayServer | None = None
         self.relay_conns: dict[Address, Connection] = {}
+        self.board_paths: set[Address] = set()
+        """Peers' relay-board allocations our sessions were opened to."""
         self.binding_lifetime: float | None = None
         self.keepalive: Keepalive | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -286,9 +288,11 @@ class NatService:
             errors = [str(exc)]
         for addr in boards:
             try:
-                return await self.endpoint.connect(
+                conn = await self.endpoint.connect(
                     addr, peer_public_key=record.public_key, timeout=5.0
                 )
+                self.board_paths.add(addr)
+                return conn
             except Exception as exc:  # a board that is gone or whose offer was taken
                 errors.append(f"relay board {addr[0]}:{addr[1]}: {exc}")
         raise NatError("; ".join(errors))
@@ -449,6 +453,11 @@ class NatService:
     def path_of(self, conn: Connection) -> str:
         if self.traversal is not None and self.traversal.path_of(conn) == "relayed":
             return "relayed"
+        carries = getattr(self.ctx.services.get("relays"), "carries", None)
+        if conn.remote_address in self.board_paths or (
+            callable(carries) and carries(conn.remote_address)
+        ):
+            return "relayed"  # through a relay board: ours (inbound) or the peer's
         if self.mapper is not None and self.mapper.external is not None:
             return "port-mapped"
         return "direct"
