@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from node import __version__, config, identity
+from node import __version__, config, fsutil, identity
 from node import log as nodelog
 from node.errors import ConfigError, DataDirError, NodeError
 
@@ -72,28 +72,11 @@ def init_data_dir(data_dir: Path) -> tuple[identity.Identity, str]:
     ident = identity.Identity.generate()
     identity.save(ident, key_path)
     token = secrets.token_urlsafe(24)
-    _write_durably(data_dir / ADMIN_TOKEN_FILE, (token + "\n").encode(), 0o600)
+    fsutil.write(data_dir / ADMIN_TOKEN_FILE, (token + "\n").encode(), mode=0o600)
     cfg_path = data_dir / config.CONFIG_FILE
     if not cfg_path.exists():
-        _write_durably(cfg_path, config.render_default().encode(), 0o644)
+        fsutil.write(cfg_path, config.render_default().encode(), mode=0o644)
     return ident, token
-
-
-def _write_durably(path: Path, data: bytes, mode: int) -> None:
-    """Temp file, fsync, rename, directory fsync: a power cut leaves the old file or the new one,
-    never an empty one."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @main.command()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from node import fsutil
 from node.errors import IdentityError
 
 KEY_FILE = "identity.key"
@@ -107,13 +107,9 @@ def save(identity: Identity, path: Path) -> None:
     """Write the key file with mode 0600, refusing to overwrite an existing one."""
     data = _HEADER + base64.b64encode(bytes(identity.signing_key)) + b"\n"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fsutil.write(path, data, mode=0o600, exclusive=True)
     except FileExistsError as exc:
         raise IdentityError(f"{path} already exists; refusing to overwrite an identity") from exc
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def load(path: Path, *, check_mode: bool = True) -> Identity:
