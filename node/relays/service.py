@@ -375,6 +375,9 @@ class RelaysService:
                             f"relay {relay_id} refused the allocation (code {ev.code})"
                         )
                     return Allocation(relay_id, ev.alloc_id, ev.host, ev.ports)
+            if alloc_id is not None:
+                # Forget it (it held a slot in the count) and free it should it come late.
+                self._sendto(self.manager.free(rid, alloc_id, time.time()))
             raise RelayError(f"relay {relay_id} did not answer an allocation request")
         finally:
             if alloc_id is not None:

@@ -157,3 +157,35 @@ async def test_service_allocates_through_a_relay(tmp_path: Path) -> None:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         db.conn.close()
+
+
+async def test_an_unanswered_allocation_does_not_hold_a_slot(tmp_path: Path) -> None:
+    cfg = config.override(config.Config(), "relays", listen="127.0.0.1:0")
+    db = state.open_state(tmp_path / "state.db")
+    svc = RelaysService(AgentContext(tmp_path, cfg, identity.Identity.generate(), db, EventLog()))
+    await svc.start()
+    assert svc.address is not None
+    e = svc.enroll("loft", f"127.0.0.1:{svc.address[1]}")
+    engine = fw_relay.Relay(fw_cfg.parse(json.dumps({"relay_id": e.relay_id, "key": e.key,
+                                                     "home": e.home, "port_base": 47320})),
+                            Net("127.0.0.1"))  # fmt: skip
+    engine.start(0)
+    try:
+        for now in range(0, 3000, 10):
+            engine.step(now)
+            engine.pump(now)
+            await asyncio.sleep(0.01)
+            if engine.state == fw_relay.RUNNING:
+                break
+        assert svc.status()["online"] == 1
+        # The board stops answering (busy, or its Wi-Fi dropped) while the box asks.
+        with pytest.raises(RelayError, match="did not answer"):
+            await svc.allocate(e.relay_id)
+        session = svc.manager.sessions[bytes.fromhex(e.relay_id)]
+        assert session.pending == {}
+        assert svc.relay_offers()[0]["slots_free"] == fw_relay.MAX_SLOTS
+    finally:
+        engine.stop()
+        if svc._transport is not None:
+            svc._transport.close()
+        db.conn.close()
