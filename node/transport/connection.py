@@ -471,6 +471,7 @@ class ConnectionCore:
         self.min_rtt = float("inf")
         self.smoothed_rtt: float | None = None
         self.rttvar = 0.0
+        self.ack_delay = 0.0  # smoothed ACK delay the peer reports (its scheduling, batching)
         self.cc: CongestionControl = create_congestion_control(
             cfg.congestion, max_datagram_size=cfg.max_datagram_size
         )
@@ -1191,6 +1192,8 @@ class ConnectionCore:
         if largest > self._largest_acked:
             self._largest_acked = largest
         if largest_newly.pn == largest and largest_newly.ack_eliciting:
+            delay = min(ack.delay_us / 1e6, K_MAX_ACK_DELAY_CC)
+            self.ack_delay += K_ALPHA * (delay - self.ack_delay)
             self._update_rtt(now - largest_newly.sent_time, ack.delay_us / 1e6, now)
         if acked_bytes:
             self.cc.on_packets_acked(
@@ -1525,6 +1528,7 @@ class ConnectionCore:
         self._pacing_time = now
         self._pacing_timer = None
         self._paced = False
+        window = cc.congestion_window
         counters = self.counters
         while True:
             if not self.address_validated and self.bytes_sent + mds > self.bytes_received:
@@ -1536,7 +1540,7 @@ class ConnectionCore:
                 or (pending > 0 and self._ack_timer is not None and now >= self._ack_timer)
             )
             has_payload = self._has_payload()
-            room = cc.congestion_window - self.bytes_in_flight
+            room = window - self.bytes_in_flight
             can_send = has_payload and (room >= mds or self._probe_packets > 0)
             if can_send and self._pacing_budget < mds - 1 and self._probe_packets == 0:
                 self._pacing_timer = now + max((mds - self._pacing_budget) / rate, K_PACING_TICK)
@@ -1717,6 +1721,7 @@ class ConnectionCore:
         return {
             "state": self.state.value,
             "rtt_ms": round(self.smoothed_rtt * 1000, 2) if self.smoothed_rtt else None,
+            "ack_delay_ms": round(self.ack_delay * 1000, 2),
             "streams": len(self._send_streams),
             "bytes_in_flight": self.bytes_in_flight,
             "cc": self.cc.status(),

@@ -7,23 +7,31 @@ difference
 
     diff = min_rtt * (cwnd / min_rtt - cwnd / rtt)        (bytes this flow keeps queued)
 
-with ``rtt`` the smallest sample of the round, and compares it with fractions of the
+with ``rtt`` the smallest sample of the round (scheduling noise only ever adds delay, so the
+smallest sample is the one a queue shows in), and compares it with fractions of the
 bandwidth-delay product estimated Westwood-style (``bw`` from the rate of acknowledged bytes,
-sampled about once per round trip; the largest of the last ten samples, since random loss
-biases a low-pass filtered rate downwards; times ``min_rtt``):
+sampled about once per round trip; the largest of the last twenty samples, since random loss
+biases a low-pass filtered rate downwards; times ``min_rtt``), each capped at a standing
+queue of QUEUE_TARGET (5 ms) so long paths keep short queues too:
 
-    diff < ALPHA * bdp          probe: slow start doubles, congestion avoidance adds one
-                                datagram per round (Reno)
-    ALPHA..BETA * bdp           saturated: hold the window; probe again after a few rounds
-    diff > BETA * bdp           early congestion: set the window to the estimated bdp
+    diff < alpha = min(ALPHA * bdp, bw * 2.5 ms)    probe: slow start doubles, congestion
+                                avoidance adds one datagram per round (Reno); after rounds
+                                with no queue, up to alpha per round
+    alpha..beta                 saturated: hold the window; probe again after a few rounds
+    diff > beta = min(BETA * bdp, bw * 5 ms), two rounds running
+                                early congestion: drain this flow's queue, not below the bdp
 
-Losses are classified: with a delay signal present (diff above ALPHA) a loss is congestion
-and the window drops to the estimated bdp (never below half, never more than once per round);
-without one, the loss counts towards a loss-rate estimate that is recomputed every
-``LOSS_SAMPLE_ACKS`` ACKs. A round whose loss rate is far above that estimate is congestion
-on a path too shallow to build a queue, and backs off by a factor that is gentler the higher
-the usual random loss rate is. Random loss at the usual rate does not touch the window.
-Sending is paced at a gain over ``cwnd / min_rtt``.
+Losses are classified: with a queue confirmed over two rounds a loss is congestion and the
+window drops as above (never below half, never more than once per round); without one, the
+loss counts towards a loss-rate estimate that is recomputed every ``LOSS_SAMPLE_ACKS`` ACKs.
+A round whose loss rate is far above that estimate is congestion on a path too shallow to
+build a queue, and backs off by a factor that is gentler the higher the usual random loss
+rate is, never below the Westwood estimate times ``min_rtt``. Random loss at the usual rate
+does not touch the window; neither does a timeout without a queue (the window restarts from
+the estimate). When cuts repeatedly fail to shorten the queue, another flow keeps it full:
+the controller then competes on loss as CUBIC does in its TCP-friendly region (one datagram
+per round, x0.7 per loss round, at most two bdps) until the queue is gone. Sending is paced
+at a gain over ``cwnd / min_rtt``.
 """
 
 from __future__ import annotations
@@ -38,9 +46,9 @@ ALPHA = 0.06  # queued fraction of the bdp below which the window grows
 BETA = 0.2  # queued fraction of the bdp above which the window is cut to the bdp
 LOSS_SAMPLE_ACKS = 100  # ACKs per loss-rate estimate
 BW_FILTER = 0.25  # weight of a new bandwidth sample (Westwood+ low-pass filter)
-BW_WINDOW = 10  # samples (about one per round trip) the bandwidth maximum is taken over
+BW_WINDOW = 20  # samples (about one per round trip) the bandwidth maximum is taken over
 MIN_RTT_WINDOW = 30.0  # seconds the base RTT is the minimum over
-ROUND_RTT_QUANTILE = 0.2  # which sample of a round stands for its RTT
+ROUND_RTT_QUANTILE = 0.0  # which sample of a round stands for its RTT (Vegas: the smallest)
 MAX_ROUND_SAMPLES = 512
 SATURATION_ROUNDS = 4  # rounds held in saturation before probing again
 PACING_GAIN_STARTUP = 2.0
@@ -51,7 +59,12 @@ QUIET_ROUNDS = 2  # rounds without a queue before probing speeds up
 PROBE_BOOST = 8  # ... to this fraction of the window per round
 BURST_LOSS_MARGIN = 0.05  # a round's loss rate this far above the usual one is congestion
 BURST_LOSS_PACKETS = 4  # ... provided the round lost at least this many packets
-DELAY_NOISE = 0.005  # seconds of RTT variation never taken for a queue (scheduling, timers)
+UNKNOWN_LOSS_MARGIN = 0.15  # the margin before the first loss-rate estimate
+QUEUE_TARGET = 0.005  # seconds of standing queue the window is cut above (half: grows below)
+DELAY_FLOOR = 0.001  # seconds of RTT variation never taken for a queue (scheduling, timers)
+COMPETE_BACKOFF = 0.7  # multiplicative decrease on loss while sharing a queue with others
+COMPETE_PROBE = 1  # ... and growth: datagrams per round
+COMPETE_WINDOW_GAIN = 2.0  # the window never exceeds this many estimated bdps while sharing
 
 
 class Phase(Enum):
@@ -73,6 +86,7 @@ class Tolerant(CongestionControl):
         self.diff = 0.0
         self.loss_rate = 0.0
         self.congestion_events = 0
+        self.cuts: dict[str, int] = {}  # back-offs by cause
         self.random_losses = 0
         # round state
         self._round_start = -1.0
@@ -99,16 +113,22 @@ class Tolerant(CongestionControl):
         self._sample_acks = 0
         self._sample_acked_bytes = 0
         self._sample_lost_bytes = 0
+        self._loss_estimated = False
 
     @property
     def bdp(self) -> float:
         return self.max_bandwidth * self.min_rtt
 
     def _alpha(self) -> float:
-        return max(ALPHA * self.bdp, self.bandwidth * DELAY_NOISE / 2)
+        """Queued bytes below which the window grows: a fraction of the estimated bdp, at
+        most half the queue target, never under the delay floor."""
+        bw = self.bandwidth
+        return max(min(ALPHA * self.bdp, bw * QUEUE_TARGET / 2), bw * DELAY_FLOOR)
 
     def _beta(self) -> float:
-        return max(BETA * self.bdp, self.bandwidth * DELAY_NOISE)
+        """Queued bytes above which the window is cut: at most QUEUE_TARGET of queue."""
+        bw = self.bandwidth
+        return max(min(BETA * self.bdp, bw * QUEUE_TARGET), 2 * bw * DELAY_FLOOR)
 
     def _delay_signal(self) -> bool:
         return self.min_rtt > 0 and self.bdp > 0 and self.diff > self._alpha()
@@ -141,9 +161,18 @@ class Tolerant(CongestionControl):
             # Reno congestion avoidance: one datagram per window acknowledged; after
             # rounds with no queue at all, 1/PROBE_BOOST of the window per round instead
             step = self.max_datagram_size
-            if self._quiet_rounds >= QUIET_ROUNDS or self.competing:
-                step = max(step, self.congestion_window // PROBE_BOOST)
-            self.congestion_window += max(1, step * acked_bytes // self.congestion_window)
+            if self.competing:
+                # sharing with loss-driven flows: their growth (CUBIC's TCP-friendly
+                # region grows about as Reno does), capped at a few bdps
+                step = self.max_datagram_size * COMPETE_PROBE
+                if self.bdp > 0 and self.congestion_window > COMPETE_WINDOW_GAIN * self.bdp:
+                    step = 0
+            elif self._quiet_rounds >= QUIET_ROUNDS:
+                # faster, but never more per round than the queue allowed below ALPHA:
+                # one round's growth must not jump past the cut threshold
+                step = max(step, min(self.congestion_window // PROBE_BOOST, int(self._alpha())))
+            if step:
+                self.congestion_window += max(1, step * acked_bytes // self.congestion_window)
 
     def _sample_bandwidth(self, acked_bytes: int, bytes_in_flight: int, now: float) -> None:
         if self._bw_start < 0:
@@ -168,6 +197,7 @@ class Tolerant(CongestionControl):
     def _update_loss_rate(self) -> None:
         total = self._sample_acked_bytes + self._sample_lost_bytes
         if total > 0 and not self._delay_signal():
+            self._loss_estimated = True
             sample = self._sample_lost_bytes / total
             self.loss_rate += 0.25 * (sample - self.loss_rate)
         self._sample_acks = 0
@@ -202,7 +232,7 @@ class Tolerant(CongestionControl):
             # a queue must show in two rounds in a row (or be twice the limit) before it
             # counts: one slow round is scheduling noise more often than a real queue
             if high and (self._high_rounds or self.diff > 2 * self._beta()):
-                self._cut(now, to_bdp=True)
+                self._cut(now, to_bdp=True, cause="queue")
             elif self.diff > self._alpha() and self.phase != Phase.SLOW_START:
                 self.phase = Phase.SATURATED
                 self._rounds_saturated += 1
@@ -217,22 +247,32 @@ class Tolerant(CongestionControl):
         self._quiet_rounds = self._quiet_rounds + 1 if quiet else 0
         total = self._round_acked + self._round_lost
         lost_packets = self._round_lost // self.max_datagram_size
-        if lost_packets >= BURST_LOSS_PACKETS and not self._delay_signal():
-            round_loss = self._round_lost / total
-            if round_loss > 2 * self.loss_rate + BURST_LOSS_MARGIN:
-                self._cut(now, to_bdp=False)
+        round_loss = self._round_lost / total if total else 0.0
+        # (while competing, losses are handled as they are detected: on_packets_lost)
+        if not self.competing and lost_packets >= BURST_LOSS_PACKETS and not self._delay_signal():
+            # until a first loss-rate estimate exists (slow start on a long path) only a
+            # far larger burst counts: the path's usual random loss is not known yet
+            margin = BURST_LOSS_MARGIN if self._loss_estimated else UNKNOWN_LOSS_MARGIN
+            if round_loss > 2 * self.loss_rate + margin:
+                self._cut(now, to_bdp=False, cause="loss_burst")
         self._round_start = now
         self._round_samples = []
         self._round_acked = 0
         self._round_lost = 0
 
+    def _queue_confirmed(self) -> bool:
+        """The last two rounds both showed a queue above the cut threshold, or the last one
+        twice that: a loss now is congestion. One high round alone is taken for noise."""
+        beta = self._beta()
+        return self.diff > beta and (self._high_rounds >= 2 or self.diff > 2 * beta)
+
     def _check_competition(self, rtt: float) -> None:
         """Notice when our own back-off does not shorten the queue: it is not ours.
 
         A delay-based flow yields to a loss-based one that keeps the queue full; after
-        COMPETE_AFTER cuts in a row that left the round RTT where it was, the controller
-        stops reading the queue as its own and backs off on loss only (like Reno), until a
-        round shows the queue gone again.
+        COMPETE_AFTER more ineffective than effective cuts (the round RTT stayed where it
+        was), the controller stops reading the queue as its own and backs off on loss only
+        (like CUBIC), until two rounds show the queue gone again.
         """
         if rtt <= 0:
             return
@@ -250,18 +290,23 @@ class Tolerant(CongestionControl):
         if self._rtt_at_cut > 0 and self._rounds_since_cut >= RELIEF_ROUNDS:
             # a queue of our own drains within a round or two of the cut
             relieved = rtt < self._rtt_at_cut - (self._rtt_at_cut - self.min_rtt) / 4
-            self._ineffective_cuts = 0 if relieved else self._ineffective_cuts + 1
+            # one relieved round (another flow's own drain phase) does not wipe the record
+            if relieved:
+                self._ineffective_cuts = max(0, self._ineffective_cuts - 1)
+            else:
+                self._ineffective_cuts += 1
             self._rtt_at_cut = 0.0
             if self._ineffective_cuts >= COMPETE_AFTER:
                 self.competing = True
                 self._calm_rounds = 0
         self._last_round_rtt = rtt
 
-    def _cut(self, now: float, *, to_bdp: bool) -> None:
+    def _cut(self, now: float, *, to_bdp: bool, cause: str) -> None:
         """Back off at most once per round trip."""
         if now - self._last_cut < max(self.smoothed_rtt, self.min_rtt):
             return
         self._last_cut = now
+        self.cuts[cause] = self.cuts.get(cause, 0) + 1
         if self._rtt_at_cut == 0.0:
             self._rtt_at_cut = self._last_round_rtt
             self._rounds_since_cut = 0
@@ -270,6 +315,10 @@ class Tolerant(CongestionControl):
             # drain what this flow keeps queued, but not below the Westwood estimate
             drained = self.congestion_window - self.diff
             target = max(drained, self.bdp, self.congestion_window / 2)
+        elif self.competing:
+            # a queue shared with loss-driven flows: back off as CUBIC does, so neither
+            # side starves the other
+            target = self.congestion_window * COMPETE_BACKOFF
         else:
             # A loss burst without a queue: the more random loss is usual here, the gentler.
             factor = 0.5 + min(self.loss_rate * 10, 0.35)
@@ -285,18 +334,19 @@ class Tolerant(CongestionControl):
         self._round_lost += lost_bytes
         self._sample_lost_bytes += lost_bytes
         if self.competing and newest_sent_time > self._last_cut:
-            self._cut(now, to_bdp=False)
-        elif self.diff > self._beta() and newest_sent_time > self._last_cut:
-            self._cut(now, to_bdp=True)
+            self._cut(now, to_bdp=False, cause="loss_shared")
+        elif self._queue_confirmed() and newest_sent_time > self._last_cut:
+            self._cut(now, to_bdp=True, cause="loss_queue")
         else:
             self.random_losses += 1
 
     def on_retransmission_timeout(self, *, now: float) -> None:
         self.ssthresh = max(int(self.bdp), self.minimum_window)
         # Without a queue the timeout most likely followed a lost retransmission, not
-        # congestion: restart from half the estimated BDP instead of two datagrams.
+        # congestion: restart from the Westwood estimate times the base RTT instead of two
+        # datagrams.
         quiet = not self._delay_signal()
-        self.congestion_window = max(int(self.bdp / 2) if quiet else 0, self.minimum_window)
+        self.congestion_window = max(int(self.bdp) if quiet else 0, self.minimum_window)
         self.phase = Phase.SLOW_START
         self._last_cut = now
 
@@ -324,5 +374,6 @@ class Tolerant(CongestionControl):
             "loss_rate": round(self.loss_rate, 4),
             "random_losses": self.random_losses,
             "congestion_events": self.congestion_events,
+            "cuts": dict(self.cuts),
             "competing": self.competing,
         }
