@@ -281,6 +281,18 @@ def run_cell(a: LabAgent, b: LabAgent, fresh: bool = False) -> AgentCell:
         return AgentCell(a.kind, b.kind, want, [], [], ab, ba, str(exc))
 
 
+def fresh_tries(a: LabAgent, b: LabAgent, tries: int) -> list[dict[str, Any] | str]:
+    """``tries`` reachability checks from ``a`` to ``b``, each on a new session (looked up in
+    the DHT, connected, echoed, upgrade awaited); an error message for each that failed."""
+    out: list[dict[str, Any] | str] = []
+    for _ in range(tries):
+        try:
+            out.append(a.reach(b, fresh=True))
+        except AgentError as exc:
+            out.append(str(exc))
+    return out
+
+
 def run_cells(lab: AgentLab, pairs: list[tuple[str, str]], workers: int = 6) -> list[AgentCell]:
     """Run cells (kind of slot 0 -> kind of slot 1) concurrently."""
 
@@ -291,4 +303,4 @@ def run_cells(lab: AgentLab, pairs: list[tuple[str, str]], workers: int = 6) -> 
         return list(pool.map(one, pairs))
 
 
-__all__ = ["KINDS", "AgentCell", "AgentLab", "LabAgent", "run_cell", "run_cells"]
+__all__ = ["KINDS", "AgentCell", "AgentLab", "LabAgent", "fresh_tries", "run_cell", "run_cells"]

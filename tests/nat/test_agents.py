@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,17 @@ import pytest
 from lab import Lab
 from lab.routers import Router
 from tests.lab.conftest import require_lab
-from tests.nat.agents import KINDS, AgentLab, run_cells
+from tests.nat.agents import KINDS, AgentLab, fresh_tries, run_cells
+from tests.nat.matrix import expected_path
 from tests.support import require_binary
+
+UPGRADES = [
+    ("port-restricted-cone", "port-restricted-cone"),
+    ("full-cone", "symmetric"),
+    ("symmetric", "restricted-cone"),
+    ("upnp", "port-restricted-cone"),
+    ("port-restricted-cone", "symmetric"),  # stays relayed
+]
 
 
 @pytest.mark.slow
@@ -35,6 +45,16 @@ def test_pairing_matrix_with_whole_agents(tmp_path: Path) -> None:
             agents.wait_ready(started)
             classes = {a.name: a.status()["services"]["nat"]["class"] for a in started}
             cells = run_cells(agents, [(a, b) for a in KINDS for b in KINDS])
+            # new sessions: relayed at once, then upgraded by hole punching where it can be
+            with ThreadPoolExecutor(len(UPGRADES)) as pool:
+                fresh = dict(
+                    zip(
+                        UPGRADES,
+                        pool.map(lambda p: fresh_tries(agents.agents[(p[0], 0)],
+                                                       agents.agents[(p[1], 1)], 1)[0], UPGRADES),
+                        strict=True,
+                    )
+                )  # fmt: skip
         finally:
             agents.stop()
     for cell in cells:
@@ -51,6 +71,10 @@ def test_pairing_matrix_with_whole_agents(tmp_path: Path) -> None:
         ("symmetric", "port-restricted-cone"),
         ("symmetric", "symmetric"),
     ]
+    for (a, b), result in fresh.items():
+        assert isinstance(result, dict), f"{a} -> {b}: {result}"
+        final = "relayed" if result["path"] == "relayed" else "direct"
+        assert (result["opened"], final) == ("relayed", expected_path(a, b)), (a, b, result)
     # the side behind the UPnP router says its direct sessions ride on its port mapping
     upnp_cells = [c for c in cells if c.a == "upnp"]
     assert all(set(c.path_ab) == {"port-mapped"} for c in upnp_cells)

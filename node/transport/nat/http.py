@@ -3,7 +3,9 @@
 Body ``{"node_id": "<52 base32 chars>", "bytes": 1024, "fresh": false}`` (admin token
 required): the agent looks the node up in the DHT, connects directly or through a relay as
 the two NATs allow, echoes ``bytes`` random bytes and answers with the path the session
-took (``direct``, ``port-mapped`` or ``relayed``), the address, the echo time and the RTT.
+took (``direct``, ``port-mapped`` or ``relayed``), how a session this node opened started
+(``opened``: ``direct`` or ``relayed``; null for one the peer opened), the address, the echo
+time and the RTT.
 """
 
 from __future__ import annotations

@@ -299,17 +299,19 @@ class NatService:
 
     async def reach(self, node_id: bytes, size: int = 1024, fresh: bool = False) -> dict[str, Any]:
         """Find ``node_id`` through the DHT, connect (or reuse the session), echo ``size``
-        bytes both ways and report the path; ``fresh`` closes an existing session first.
-        Raises NatError when the node cannot be found or reached."""
+        bytes both ways and report the path; ``fresh`` closes the sessions with it first, so
+        the check times a new connection. Raises NatError when the node cannot be found or
+        reached."""
         assert self.endpoint is not None and self.traversal is not None
         if not 0 < size <= REACH_MAX:
             raise NatError(f"reach payload of {size} bytes: use 1 to {REACH_MAX}")
         loop = asyncio.get_running_loop()
+        if fresh:
+            for old in [c for c in self.endpoint.connections if c.peer_id == node_id]:
+                await old.close("reconnect for a reachability check")
+            self.traversal.opened.pop(node_id, None)
         began = loop.time()
         conn = self.session_with(node_id)
-        if conn is not None and fresh:
-            await conn.close("reconnect for a reachability check")
-            conn = None
         if conn is None:
             overlay = self.ctx.services.get("overlay")
             find = getattr(overlay, "find_record", None)
@@ -330,13 +332,12 @@ class NatService:
         if echoed != payload:
             raise NatError(f"node {encode_id(node_id)} echoed {len(echoed)} wrong bytes")
         ttfb = loop.time() - began
-        first = self.path_of(conn)
         await self.traversal.settled(node_id)
         addr = conn.remote_address
         return {
             "node_id": encode_id(node_id),
             "path": self.path_of(conn),
-            "first_path": first,
+            "opened": self.traversal.opened.get(node_id),
             "address": f"{addr[0]}:{addr[1]}",
             "echo_s": round(ttfb, 4),
             "rtt_ms": round(conn.rtt * 1000, 2) if conn.rtt is not None else None,

@@ -99,6 +99,8 @@ class Traversal:
         self.upgraded: dict[bytes, Address] = {}
         self.upgrading: dict[bytes, asyncio.Task[object]] = {}
         """Upgrade attempts in progress (either side), by peer id."""
+        self.opened: dict[bytes, str] = {}
+        """How the latest session we opened to each peer started: direct or relayed."""
         self.counters = {
             "direct": 0,
             "relayed": 0,
@@ -136,6 +138,7 @@ class Traversal:
                     errors.append(f"{addr[0]}:{addr[1]}: {exc}")
                     continue
                 self.counters["direct"] += 1
+                self.opened[conn.peer_id] = "direct"
                 return conn
         from node.identity import node_id_of
 
@@ -148,6 +151,7 @@ class Traversal:
                 errors.append(f"relay {relay.peer_id.hex()[:12]}: {exc}")
                 continue
             self.counters["relayed"] += 1
+            self.opened[conn.peer_id] = "relayed"
             self._watch(conn, shim, target, relays, relay.peer_id)
             if upgrade:
                 self._track(conn.peer_id, asyncio.create_task(self.upgrade(conn)))
@@ -202,7 +206,8 @@ class Traversal:
     ) -> None:  # fmt: skip
         """Move a relayed session off a relay that went silent (a relay that died without a
         word): a session silent for half its idle timeout while keepalives run has lost its
-        path, and moving it now beats the idle timeout that would end it at both ends."""
+        path, and moving it now beats the idle timeout that would end it at both ends. Closes
+        the relayed path when the session ends."""
         while not conn.is_closed and conn.remote_address == shim:
             silent, idle = conn.silence
             if silent > idle / 2:
@@ -213,6 +218,8 @@ class Traversal:
                     self.relays.close_path(shim)
                 return
             await asyncio.sleep(max(0.2, idle / 10))
+        if conn.is_closed:
+            self.relays.close_path(shim)  # the session ended: free the relay's slot
 
     async def _lost(
         self, conn: Connection, shim: Address, target: bytes, relays: list[Connection]
