@@ -278,8 +278,14 @@ class RelaysService:
         for key, offer in list(self.offers.items()):
             session = self.manager.sessions.get(bytes.fromhex(key[0]))
             conn = in_use.get(offer.box_leg)
-            if session is None or not self.manager.alive(session, now):
+            if (
+                session is None
+                or not self.manager.alive(session, now)
+                or offer.made < session.registered_at
+            ):
+                # offline, or registered anew since (which ends the relay's allocations)
                 del self.offers[key]
+                self._end_session(offer, w.EndReason.RESET)
                 changed = True
             elif offer.peer is None and conn is not None:
                 offer.peer = conn.peer_id

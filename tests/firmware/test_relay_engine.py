@@ -167,6 +167,20 @@ def test_survives_a_box_restart(rig: Rig) -> None:
     assert rig.record.relay_id in rig.box.manager.sessions
 
 
+def test_allocations_end_when_the_box_forgot_them(rig: Rig) -> None:
+    rig.register()
+    rig.allocate(idle_ms=600000)
+    assert rig.relay.allocations() == 1
+    rig.box.restart()
+    for _ in range(6):
+        rig.advance(15000)
+    assert rig.relay.state == fw_relay.RUNNING and rig.relay.allocations() == 0
+    session = rig.box.manager.sessions[rig.record.relay_id]
+    assert session.active == {} and len(rig.box.manager.offers(rig.box.wall)) == 1
+    ended = [e for e in rig.box.events if isinstance(e, AllocEnded)]
+    assert [e.reason for e in ended] == [w.EndReason.RESET]
+
+
 def test_wifi_loss_closes_sockets_and_reregisters(rig: Rig) -> None:
     rig.register()
     rig.allocate()

@@ -277,6 +277,10 @@ class Relay:
                 log.info("control rejected: stale welcome")
                 return
             self.window = wire.Window(counter)
+            # A new registration: the box has forgotten any allocation (a restart, say).
+            for s in self.slots:
+                if s.used:
+                    self._end(s, wire.END_RESET, True)
             self.keepalive_ms = max(1000, min(body[1], 300000))
             self.state = RUNNING
             self.backoff_ms = _REG_MIN_MS
