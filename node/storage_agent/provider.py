@@ -69,6 +69,8 @@ class Provider:
     refuse_uploads: Callable[[], str | None] = lambda: None
     """Why uploads are refused right now (None: accepted)."""
     disk_problem: Callable[[], str | None] = lambda: None
+    on_stored: Callable[[Contract], None] = lambda contract: None
+    """Told of every contract countersigned (from the worker thread that stored it)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     counters: Counters = field(default_factory=Counters)
     self_reputation: Reputation = field(default_factory=Reputation)
@@ -164,6 +166,7 @@ class Provider:
         finally:
             self._unreserve(len(data), contract.client_key)
         self.counters.stored += 1
+        self.on_stored(signed)
         self.counters.ingress_bytes += len(data)
         return signed
 

@@ -64,6 +64,7 @@ def scrub_batch(
         if should_stop() or provider.disk_problem():
             break
         hex_id = cid.hex()
+        data: memoryview | None
         if isinstance(got, ChunkMissing):
             data = None
         elif isinstance(got, StorageError):

@@ -23,7 +23,7 @@ from node import log, state
 from node.config import parse_hostport
 from node.limits import Restriction
 from node.storage_agent import index, scrub, wire
-from node.storage_agent.contracts import UNITS_PER_BCT
+from node.storage_agent.contracts import UNITS_PER_BCT, Contract
 from node.storage_agent.errors import StorageError
 from node.storage_agent.ledger import Ledger
 from node.storage_agent.network import (
@@ -90,6 +90,9 @@ class StorageService:
         self._peers: dict[tuple[str, int], Peer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._repair_now = asyncio.Event()
+        self._gc_now = asyncio.Event()
+        self._next_gc = 0.0
+        self.provider.on_stored = self._on_stored
         self.placer = Placer(
             ident=ctx.identity,
             dialer=self,
@@ -222,6 +225,7 @@ class StorageService:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._repair_now = asyncio.Event()
+        self._gc_now = asyncio.Event()
         loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
             self._disk_loop,
             self._maintenance_loop,
@@ -267,7 +271,19 @@ class StorageService:
                     )
                 except (StorageError, OSError) as exc:
                     _log.warning("gc_failed", error=str(exc))
-            await asyncio.sleep(await self._until_next_gc())
+            # Armed before looking: a contract stored meanwhile that ends sooner wakes us.
+            self._gc_now.clear()
+            self._next_gc = time.time() + GC_INTERVAL
+            wait = await self._until_next_gc()
+            self._next_gc = min(self._next_gc, time.time() + wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gc_now.wait(), wait)
+
+    def _on_stored(self, contract: Contract) -> None:
+        """Called from a worker thread: wake the collector if this contract ends sooner."""
+        if contract.end + 1.0 < self._next_gc and self._loop is not None:
+            self._next_gc = contract.end + 1.0
+            self._loop.call_soon_threadsafe(self._gc_now.set)
 
     async def _until_next_gc(self) -> float:
         """Seconds to the next collection: soon after the next contract ends, at most a minute."""

@@ -29,7 +29,9 @@ import hashlib
 import hmac
 import os
 import struct
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +122,21 @@ def decode_tree(cid: bytes, size: int, raw: bytes) -> list[bytes]:
     return [
         raw[head + i * merkle.HASH_LEN : head + (i + 1) * merkle.HASH_LEN] for i in range(count)
     ]
+
+
+def _read_into(fd: int, buf: bytearray) -> int:
+    """Fill ``buf`` from the file (no allocation); returns the file's size."""
+    size = os.fstat(fd).st_size
+    if size > len(buf):
+        raise OSError(errno.EFBIG, f"file of {size} bytes is larger than a chunk")
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:size]])
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 def _read_fd(fd: int) -> bytes:
@@ -265,30 +282,54 @@ class ChunkStore:
 
     def read_many(
         self, cids: Sequence[bytes], prefetch: int = PREFETCH
-    ) -> Iterator[tuple[bytes, bytes | StorageError]]:
+    ) -> Iterator[tuple[bytes, memoryview | StorageError]]:
         """``(id, bytes or the error)`` for each chunk in turn, the next ones read ahead.
 
-        While one chunk is read the kernel is already fetching the following ``prefetch``
-        ones, so the disk always has work queued (one file at a time leaves it idle between
-        files).
+        A helper thread opens the next ``prefetch`` files and asks the kernel to read them
+        (``POSIX_FADV_WILLNEED``) while this one copies the current chunk out, so directory
+        lookups and data reads of later chunks overlap the current one and the disk always
+        has work queued. Chunks are read into two buffers used in turn: a yielded view is
+        valid until the next one is taken (copy it with ``bytes()`` to keep it).
         """
-        for cid in cids[:prefetch]:
-            self._will_need(cid)
-        for i, cid in enumerate(cids):
-            if i + prefetch < len(cids):
-                self._will_need(cids[i + prefetch])
-            try:
-                yield cid, self.read(cid)
-            except StorageError as exc:
-                yield cid, exc
+        if not cids:
+            return
+        bufs = [bytearray(MAX_CHUNK), bytearray(MAX_CHUNK)]
+        with ThreadPoolExecutor(1, thread_name_prefix="chunk-prefetch") as pool:
+            ahead: deque[Future[int]] = deque()
+            queued = 0
 
-    def _will_need(self, cid: bytes) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            fd = os.open(self.path_of(cid), os.O_RDONLY | os.O_CLOEXEC)
+            def refill() -> None:
+                nonlocal queued
+                while queued < len(cids) and len(ahead) < prefetch + 1:
+                    ahead.append(pool.submit(self._open_ahead, cids[queued]))
+                    queued += 1
+
             try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                for i, cid in enumerate(cids):
+                    refill()
+                    try:
+                        fd = ahead.popleft().result()
+                    except StorageError as exc:
+                        yield cid, exc
+                        continue
+                    try:
+                        n = _read_into(fd, bufs[i % 2])
+                    except OSError as exc:
+                        yield cid, StorageError(f"cannot read chunk {cid.hex()[:16]}…: {exc}")
+                        continue
+                    finally:
+                        os.close(fd)
+                    yield cid, memoryview(bufs[i % 2])[:n]
             finally:
-                os.close(fd)
+                for fut in ahead:
+                    with contextlib.suppress(StorageError, OSError):
+                        os.close(fut.result())
+
+    def _open_ahead(self, cid: bytes) -> int:
+        fd = self._open(cid)
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        return fd
 
     def size_of(self, cid: bytes) -> int:
         try:

@@ -1,7 +1,9 @@
-"""A real agent process storing files on itself: put/get, restart, lost or corrupt state.db."""
+"""A real agent process storing files on itself: put/get, restart, lost or corrupt state.db,
+expiry of contracts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,8 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from node import identity
 from node.cli import fetch_json
 from node.errors import NodeError
+from node.identity import Identity
+from node.storage_agent import merkle, wire
+from node.storage_agent.contracts import Contract
+from node.storage_agent.network import EndpointDialer
+from node.storage_agent.store import chunk_id
+from node.storage_agent.vouchers import Voucher
+from node.transport.endpoint import Endpoint
 from tests.storage.conftest import fast_config
 from tests.support import RunningAgent, start_agent
 
@@ -108,5 +118,56 @@ def test_put_get_audit_pay_and_rebuild_after_corrupt_state_db(
             ).stdout
         )  # fmt: skip
         assert export["vouchers"] and export["vouchers"][0]["total_bct"] > 0
+    finally:
+        agent.stop()
+
+
+def test_ended_contracts_are_collected_by_a_running_agent_and_earnings_stay(
+    data_dir: Path,
+) -> None:
+    client = Identity.from_seed(b"gc-client".ljust(32, b"."))
+    fast_config(data_dir)
+    agent = start_agent(data_dir)
+    node_key = identity.load(data_dir / "identity.key").public_key
+    short, lasting = os.urandom(300_000), os.urandom(200_000)
+
+    async def upload() -> list[Contract]:
+        ep = Endpoint(client)
+        await ep.bind("127.0.0.1", 0)
+        dialer = EndpointDialer(ep)
+        out = []
+        try:
+            now = int(time.time())
+            for data, term in ((short, 4), (lasting, 3600)):
+                offer = Contract(chunk_id(data), merkle.root(data), len(data), 10, now,
+                                 now + term, client.public_key, node_key)  # fmt: skip
+                answer = await dialer.request(
+                    agent.udp, wire.Store(offer.signed_by_client(client), data), timeout=20
+                )
+                assert isinstance(answer, wire.Stored), answer
+                out.append(answer.contract)
+            v = Voucher(client.public_key, identity.node_id_of(node_key), 1, now, 700, 0, 0)
+            answer = await dialer.request(agent.udp, wire.VoucherMsg(v.signed(client)))
+            assert isinstance(answer, wire.Ok), answer
+        finally:
+            await ep.close()
+        return out
+
+    try:
+        ended, kept = asyncio.run(upload())
+        assert status(agent)["chunks"] == 2
+        path = data_dir / "chunks" / ended.chunk_id.hex()[:2] / ended.chunk_id.hex()[2:4]
+        assert (path / ended.chunk_id.hex()).is_file()
+        # Collected within seconds of the term's end (not at the next minute's round).
+        wait_for("the ended contract to be collected", lambda: status(agent)["chunks"] == 1, 30)
+        assert not (path / ended.chunk_id.hex()).exists()
+        assert not (path / (ended.chunk_id.hex() + ".tree")).exists()
+        assert not list((data_dir / "contracts").glob(f"*/{ended.id.hex()}"))
+        assert status(agent)["collected"] >= 2 and status(agent)["used_bytes"] == len(lasting)
+        doc = fetch_json(agent.web.rstrip("/") + "/api/storage?contracts=100")
+        assert [c["id"] for c in doc["contracts"]] == [kept.id.hex()]
+        earnings = fetch_json(agent.web.rstrip("/") + "/api/earnings")
+        assert earnings["all_time"] == 700 / 1_000_000
+        assert list((data_dir / "vouchers").glob("*.log"))
     finally:
         agent.stop()

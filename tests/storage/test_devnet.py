@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from node.storage_agent.contracts import Contract
 from node.storage_agent.devnet import Devnet, DevnetNode
 from node.storage_agent.errors import StorageError
 from node.storage_agent.transfer import get_file, put_file
+from tests.storage.test_agent_storage import wait_for
 
 MIB = 1024 * 1024
 
@@ -50,14 +49,6 @@ def held_for(node: DevnetNode, client: bytes) -> int:
 
 def key_of(node: DevnetNode) -> bytes:
     return identity.load(node.data_dir / "identity.key").public_key
-
-
-def wait_for(what: str, cond: Callable[[], bool], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.5)
 
 
 def test_quota_refuses_one_client_clearly_and_its_failed_put_leaves_nothing(

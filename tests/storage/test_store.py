@@ -114,10 +114,18 @@ def test_read_many_reads_ahead_and_reports_missing(tmp_path: Path) -> None:
     blobs = [os.urandom(70_000) for _ in range(5)]
     ids = [store.put(b) for b in blobs]
     absent = chunk_id(b"absent")
-    got = list(store.read_many([*ids[:2], absent, *ids[2:]]))
+    got = [
+        (c, d if isinstance(d, Exception) else bytes(d))
+        for c, d in store.read_many([*ids[:2], absent, *ids[2:]], prefetch=2)
+    ]
     assert [c for c, _ in got] == [*ids[:2], absent, *ids[2:]]
     assert isinstance(got[2][1], ChunkMissing)
     assert [d for _, d in got if isinstance(d, bytes)] == blobs
+    # Stopping early closes the files read ahead.
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in zip(range(2), store.read_many(ids, prefetch=3), strict=False):
+        pass
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 @given(st.binary(max_size=300), st.integers(0, 1 << 23))
