@@ -71,6 +71,18 @@ def _python(cfg: dict[str, str]) -> str:
     return cfg["BITCHAT_PYTHON"] or str(Path(cfg["BITCHAT_PREFIX"]) / "venv" / "bin" / "python")
 
 
+def _pip_wheel(cfg: dict[str, str]) -> Path | None:
+    """The wheelhouse's pip wheel: pip runs from it, so the venv needs no pip of its own
+    (installing and byte-compiling one takes minutes on a slow box)."""
+    wheels = sorted((Path(cfg["BITCHAT_PREFIX"]) / "wheelhouse").glob("pip-*-py3-none-any.whl"))
+    return wheels[-1] if wheels else None
+
+
+def _pip(cfg: dict[str, str]) -> list[str]:
+    wheel = _pip_wheel(cfg)
+    return [_python(cfg), f"{wheel}/pip"] if wheel else [_python(cfg), "-m", "pip"]
+
+
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -137,9 +149,7 @@ def install(cfg: dict[str, str], version: str) -> Path:
     staging = prefix / "releases" / f".{version}.part"
     shutil.rmtree(staging, ignore_errors=True)
     cmd = [
-        _python(cfg),
-        "-m",
-        "pip",
+        *_pip(cfg),
         "install",
         "--quiet",
         "--no-index",
@@ -341,7 +351,8 @@ def firstboot(cfg: dict[str, str]) -> None:
             _run(["usermod", "-aG", "gpio", user])
     venv = prefix / "venv"
     if not cfg["BITCHAT_PYTHON"] and not (venv / "bin" / "python").exists():
-        _run([sys.executable, "-m", "venv", str(venv)])
+        without_pip = ["--without-pip"] if _pip_wheel(cfg) else []
+        _run([sys.executable, "-m", "venv", *without_pip, str(venv)])
     pattern = cfg["BITCHAT_HOSTNAME"]
     if pattern:
         set_hostname(pattern)
