@@ -49,7 +49,9 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     os.fsync(fd)
 
 
-def _write_temp(tmp: Path, data: bytes | bytearray | memoryview, mode: int) -> None:
+def write_temp(directory: Path, data: bytes | bytearray | memoryview, mode: int = 0o600) -> Path:
+    """A new temp file in ``directory`` holding ``data``, fsynced; returns its path."""
+    tmp = directory / f".{secrets.token_hex(8)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         _write_all(fd, data)
@@ -59,6 +61,36 @@ def _write_temp(tmp: Path, data: bytes | bytearray | memoryview, mode: int) -> N
             tmp.unlink()
         raise
     os.close(fd)
+    return tmp
+
+
+def install(pairs: Sequence[tuple[Path, Path]], *, exclusive: bool = False) -> None:
+    """Rename each fsynced temp file of ``(temp, target)`` into place, in order, then fsync
+    the targets' directory (one directory for all) and any directory created on the way.
+    Temp files not installed (after an error) are removed."""
+    if not pairs:
+        return
+    parent = pairs[0][1].parent
+    if any(path.parent != parent for _, path in pairs):
+        raise ValueError("install: all files must be in one directory")
+    todo = list(pairs)
+    try:
+        made = makedirs(parent)
+        while todo:
+            tmp, path = todo[0]
+            if exclusive:
+                os.link(tmp, path)
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
+            todo.pop(0)
+    finally:
+        for tmp, _ in todo:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    fsync_dir(parent)
+    for d in made:
+        fsync_dir(d.parent)
 
 
 def write_group(
@@ -81,27 +113,17 @@ def write_group(
     parent = items[0][0].parent
     if any(p.parent != parent for p, _ in items):
         raise ValueError("write_group: all files must be in one directory")
+    made = makedirs(parent) if tmp_dir is None else []
     temps: list[tuple[Path, Path]] = []
-    made = [] if tmp_dir is not None else makedirs(parent)
     try:
         for path, data in items:
-            tmp = (tmp_dir or parent) / f".{path.name}.{secrets.token_hex(6)}.tmp"
-            _write_temp(tmp, data, mode)
-            temps.append((tmp, path))
-        made += makedirs(parent)
-        while temps:
-            tmp, path = temps[0]
-            if exclusive:
-                os.link(tmp, path)
-                os.unlink(tmp)
-            else:
-                os.replace(tmp, path)
-            temps.pop(0)
-    finally:
+            temps.append((write_temp(tmp_dir or parent, data, mode), path))
+    except BaseException:
         for tmp, _ in temps:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-    fsync_dir(parent)
+        raise
+    install(temps, exclusive=exclusive)
     for d in made:
         fsync_dir(d.parent)
 

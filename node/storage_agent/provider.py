@@ -149,12 +149,17 @@ class Provider:
         floor = self.min_price_per_gib_month * contract.size * (contract.end - contract.start)
         if contract.price * GIB * MONTH < floor:
             raise ProofError("contract: price below this node's minimum")
-        leaves = merkle.leaves(data)
-        if merkle.levels_from_leaves(leaves)[-1][0] != contract.root:
-            raise ProofError("contract: Merkle root does not match the chunk")
         self.room_for(len(data), contract.client_key)
+        kept: list[list[bytes]] = []
+
+        def root_matches(leaves: list[bytes]) -> None:
+            if merkle.levels_from_leaves(leaves)[-1][0] != contract.root:
+                raise ProofError("contract: Merkle root does not match the chunk")
+            kept.append(leaves)
+
         try:
-            cid = self.store.put(data, expected=contract.chunk_id, leaves=leaves)
+            cid = self.store.put(data, expected=contract.chunk_id, check=root_matches)
+            leaves = kept[0]
             signed = contract.signed_by_node(self.node)
             self.store.put_contract(signed.id, signed.encode())
             with self.lock, self.db.conn:

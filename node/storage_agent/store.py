@@ -30,7 +30,7 @@ import hmac
 import os
 import struct
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,8 @@ FILES = "files"
 ID_LEN = 32
 READ_PIECE = 1 << 20
 PREFETCH = 2
+_WRITER = ThreadPoolExecutor(8, thread_name_prefix="chunk-write")
+"""Writes and hashes chunks beside the uploading thread (two tasks per upload)."""
 """Chunks read ahead (``POSIX_FADV_WILLNEED``) by :meth:`ChunkStore.read_many`."""
 
 
@@ -230,32 +232,70 @@ class ChunkStore:
         return self.path_of(cid).is_file()
 
     def put(
-        self, data: bytes, expected: bytes | None = None, leaves: list[bytes] | None = None
+        self,
+        data: bytes,
+        expected: bytes | None = None,
+        leaves: list[bytes] | None = None,
+        check: Callable[[list[bytes]], None] | None = None,
     ) -> bytes:
         """Store ``data`` and its tree cache durably; returns its id.
 
-        ``leaves`` are the chunk's Merkle leaf hashes when the caller has them already.
+        The chunk's temp file is written and fsynced, and its id computed, in helper
+        threads while this one computes the Merkle leaves, so the disk and the CPU cores
+        work at the same time. ``check`` may reject the chunk by its leaves (the temp file
+        is then dropped); ``leaves`` skips computing them when the caller has them.
         Idempotent for a chunk already present (its cache is restored if needed).
         """
         if len(data) > MAX_CHUNK:
             raise StorageError(f"chunk of {len(data)} bytes exceeds the {MAX_CHUNK}-byte limit")
-        cid = chunk_id(data)
-        if expected is not None and cid != expected:
-            raise ChunkCorrupt(f"chunk bytes hash to {cid.hex()[:16]}…, not {expected.hex()[:16]}…")
-        path = self.path_of(cid)
-        with contextlib.suppress(OSError):
-            if path.stat().st_size == len(data) and chunk_id(self.read(cid)) == cid:
-                if self.load_tree(cid, len(data)) is None:
-                    self.save_tree(cid, len(data), leaves or merkle.leaves(data))
-                return cid
-        tree = encode_tree(cid, len(data), leaves or merkle.leaves(data))
+        if not self.tmp.is_dir():
+            raise DiskProblem(f"{self.tmp} is missing (data disk unplugged or not mounted?)")
+        writing = _WRITER.submit(fsutil.write_temp, self.tmp, data)
+        hashing = _WRITER.submit(chunk_id, data)
+        installed = False
+        tree_tmp: Path | None = None
         try:
-            write_group([(path, data), (self.tree_path(cid), tree)], self.tmp)
+            if leaves is None:
+                leaves = merkle.leaves(data)
+            cid = hashing.result()
+            if expected is not None and cid != expected:
+                raise ChunkCorrupt(
+                    f"chunk bytes hash to {cid.hex()[:16]}…, not {expected.hex()[:16]}…"
+                )
+            if check is not None:
+                check(leaves)
+            if self._holds(cid, len(data)):
+                if self.load_tree(cid, len(data)) is None:
+                    self.save_tree(cid, len(data), leaves)
+                return cid
+            # Written (and fsynced) while the chunk's own fsync may still be running.
+            tree_tmp = fsutil.write_temp(self.tmp, encode_tree(cid, len(data), leaves))
+            tmp = writing.result()
+            installed = True  # install() removes whatever it could not rename
+            fsutil.install([(tmp, self.path_of(cid)), (tree_tmp, self.tree_path(cid))])
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFull(f"data disk full while writing chunk {cid.hex()[:16]}…") from exc
-            raise StorageError(f"cannot write chunk to {path}: {exc.strerror}") from exc
+                raise StoreFull(
+                    f"data disk full while writing a chunk of {len(data)} bytes"
+                ) from exc
+            raise StorageError(f"cannot write a chunk to {self.chunks}: {exc.strerror}") from exc
+        finally:
+            if not installed:
+                with contextlib.suppress(Exception):
+                    hashing.result()
+                with contextlib.suppress(Exception):
+                    writing.result().unlink()
+                if tree_tmp is not None:
+                    with contextlib.suppress(OSError):
+                        tree_tmp.unlink()
         return cid
+
+    def _holds(self, cid: bytes, size: int) -> bool:
+        """Whether the chunk is already stored, whole and sound."""
+        try:
+            return self.size_of(cid) == size and chunk_id(self.read(cid)) == cid
+        except StorageError:
+            return False
 
     def _open(self, cid: bytes) -> int:
         try:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from node import state
 from node.identity import Identity
 from node.storage_agent import index, merkle
-from node.storage_agent.errors import ChunkCorrupt, ChunkMissing
+from node.storage_agent.errors import ChunkCorrupt, ChunkMissing, ProofError
 from node.storage_agent.store import ChunkStore, DiskProblem, chunk_id, decode_tree, encode_tree
 
 NODE = Identity.from_seed(b"s" * 32)
@@ -146,3 +146,16 @@ def test_tree_cache_round_trips_and_any_flip_is_caught(data: bytes, where: int) 
         decode_tree(cid, len(data), bytes(bad))
     with pytest.raises(ValueError):
         decode_tree(chunk_id(b"another chunk"), len(data), raw)
+
+
+def test_rejected_chunk_leaves_no_temp_file(tmp_path: Path) -> None:
+    store = make(tmp_path)
+
+    def refuse(leaves: list[bytes]) -> None:
+        raise ProofError(f"refused {len(leaves)} leaves")
+
+    with pytest.raises(ChunkCorrupt):
+        store.put(os.urandom(50_000), expected=chunk_id(b"other"))
+    with pytest.raises(ProofError, match="refused 13 leaves"):
+        store.put(os.urandom(50_000), check=refuse)
+    assert list(store.tmp.iterdir()) == [] and list(store.scan()) == []
