@@ -17,8 +17,8 @@ import sqlite_utils
 
 from node import log, state
 from node.storage_agent.contracts import Contract
-from node.storage_agent.errors import ProtocolError
-from node.storage_agent.store import ChunkStore, chunk_id
+from node.storage_agent.errors import ProtocolError, StorageError
+from node.storage_agent.store import ChunkStore
 
 _log = log.get_logger(__name__)
 
@@ -191,8 +191,8 @@ def rebuild(
             damaged = False
             if verify:
                 try:
-                    damaged = chunk_id(store.read(cid)) != cid
-                except OSError:
+                    damaged = not store.verify(cid)[0]
+                except (StorageError, OSError):
                     continue
             db.execute(
                 "INSERT INTO storage_chunks (id, size, stored_at, scrubbed_at, damaged) "

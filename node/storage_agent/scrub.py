@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 import psutil
 
 from node import log
-from node.storage_agent import index, merkle
+from node.storage_agent import index
 from node.storage_agent.errors import ChunkMissing, StorageError
 from node.storage_agent.provider import Provider
-from node.storage_agent.store import chunk_id
 
 _log = log.get_logger(__name__)
 DAMAGED_DIR = "damaged"
@@ -53,43 +52,41 @@ def scrub_batch(
 
     A chunk whose bytes no longer hash to its id is moved to ``damaged/`` (kept for
     inspection, never served), dropped from the index and reported through ``on_damaged``.
+    Chunks are streamed in small pieces; a sound chunk without a usable tree cache gets one.
     """
     idle_io_priority()
     now = time.time()
     with provider.lock:
         batch = index.scrub_batch(provider.db, now - max_age, limit)
     done = 0
-    ids = [bytes.fromhex(hex_id) for hex_id, _size in batch]
-    for cid, got in provider.store.read_many(ids):
+    for hex_id, _size in batch:
         if should_stop() or provider.disk_problem():
             break
-        hex_id = cid.hex()
-        data: memoryview | None
-        if isinstance(got, ChunkMissing):
-            data = None
-        elif isinstance(got, StorageError):
+        cid = bytes.fromhex(hex_id)
+        try:
+            cached = provider.store.load_tree(cid, provider.store.size_of(cid))
+            sound, size, leaves = provider.store.verify(cid, leaves=cached is None)
+        except ChunkMissing:
+            if provider.store.disk_problem():
+                break  # the disk went away under us: that is not damage
+            sound, size, leaves = False, 0, None
+        except (StorageError, OSError):
             continue
-        else:
-            data = got
-        if data is None and provider.store.disk_problem():
-            break  # the disk went away under us: that is not damage
-        damaged = data is None or chunk_id(data) != cid
         stats.scrubbed += 1
-        stats.bytes += len(data or b"")
+        stats.bytes += size
         done += 1
-        if damaged:
+        if not sound:
             stats.damaged += 1
             quarantine(provider, cid)
             with provider.lock, provider.db.conn:
                 index.remove_chunk(provider.db, hex_id)
-            _log.warning("chunk_damaged", chunk=hex_id[:16], missing=data is None)
+            _log.warning("chunk_damaged", chunk=hex_id[:16], missing=size == 0)
             on_damaged(cid)
             continue
-        assert data is not None
-        if provider.store.load_tree(cid, len(data)) is None:
+        if leaves is not None:
             # The chunk is sound (it hashes to its id): its tree cache can be trusted again.
             with contextlib.suppress(StorageError, OSError):
-                provider.store.save_tree(cid, len(data), merkle.leaves(data))
+                provider.store.save_tree(cid, size, leaves)
                 stats.trees_rebuilt += 1
         with provider.lock, provider.db.conn:
             index.mark_scrubbed(provider.db, hex_id, now, False)

@@ -14,7 +14,14 @@ from node import state
 from node.identity import Identity
 from node.storage_agent import index, merkle
 from node.storage_agent.errors import ChunkCorrupt, ChunkMissing, ProofError
-from node.storage_agent.store import ChunkStore, DiskProblem, chunk_id, decode_tree, encode_tree
+from node.storage_agent.store import (
+    READ_PIECE,
+    ChunkStore,
+    DiskProblem,
+    chunk_id,
+    decode_tree,
+    encode_tree,
+)
 
 NODE = Identity.from_seed(b"s" * 32)
 
@@ -109,23 +116,23 @@ def test_put_restores_a_missing_tree_cache(tmp_path: Path) -> None:
     assert store.load_tree(cid, len(data)) == merkle.leaves(data)
 
 
-def test_read_many_reads_ahead_and_reports_missing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "size", [0, 1, 4095, 4096, 4097, READ_PIECE - 1, READ_PIECE, READ_PIECE + 5, 4 << 20]
+)
+def test_streamed_verify_matches_whole_chunk_hashing(tmp_path: Path, size: int) -> None:
     store = make(tmp_path)
-    blobs = [os.urandom(70_000) for _ in range(5)]
-    ids = [store.put(b) for b in blobs]
-    absent = chunk_id(b"absent")
-    got = [
-        (c, d if isinstance(d, Exception) else bytes(d))
-        for c, d in store.read_many([*ids[:2], absent, *ids[2:]], prefetch=2)
-    ]
-    assert [c for c, _ in got] == [*ids[:2], absent, *ids[2:]]
-    assert isinstance(got[2][1], ChunkMissing)
-    assert [d for _, d in got if isinstance(d, bytes)] == blobs
-    # Stopping early closes the files read ahead.
-    fds = len(os.listdir("/proc/self/fd"))
-    for _ in zip(range(2), store.read_many(ids, prefetch=3), strict=False):
-        pass
-    assert len(os.listdir("/proc/self/fd")) == fds
+    data = os.urandom(size)
+    cid = store.put(data)
+    assert b"".join(bytes(p) for p in store.stream(cid)) == data
+    assert store.verify(cid, leaves=True) == (True, size, merkle.leaves(data))
+    assert store.verify(cid) == (True, size, None)
+    if size:
+        bad = bytearray(data)
+        bad[size // 2] ^= 1
+        store.path_of(cid).write_bytes(bytes(bad))
+        assert store.verify(cid)[0] is False
+    with pytest.raises(ChunkMissing):
+        store.verify(chunk_id(b"absent"))
 
 
 @given(st.binary(max_size=300), st.integers(0, 1 << 23))
