@@ -261,6 +261,13 @@ class RelaysSection:
     idle_ms: int = setting(
         60000, "A relayed session idle this long (ms) is freed.", min=1000, max=3600000
     )
+    advertise_host: str = setting(
+        "",
+        "Host peers reach the relay boards' offers at: the router's public address when the"
+        " boards' ports are forwarded there (empty: each board's address as the box sees it).",
+        max_len=253,
+        kind="host",
+    )
 
 
 @dataclass(frozen=True)
@@ -385,6 +392,15 @@ def _check_scalar(where: str, tp: Any, meta: typing.Mapping[str, Any], value: An
             parse_hostport(value)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}, got {value!r}") from None
+    if meta.get("kind") == "host" and value:
+        try:
+            if ":" in value:
+                raise ValueError
+            parse_hostport(value + ":0")
+        except ValueError:
+            raise ConfigError(
+                f"{where}: expected a host name or IPv4 address, got {value!r}"
+            ) from None
     return value
 
 

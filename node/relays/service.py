@@ -85,9 +85,10 @@ class Offer:
     def box_leg(self) -> tuple[str, int]:
         return self.allocation.host, self.allocation.ports[1]
 
-    @property
-    def peer_leg(self) -> str:
-        return f"{self.allocation.host}:{self.allocation.ports[0]}"
+    def peer_leg(self, advertise_host: str = "") -> str:
+        """HOST:PORT peers send to: the board as the box sees it, or ``advertise_host`` (the
+        router's public address when the board's ports are forwarded there)."""
+        return f"{advertise_host or self.allocation.host}:{self.allocation.ports[0]}"
 
 
 @dataclass(frozen=True)
@@ -320,7 +321,12 @@ class RelaysService:
             endpoint.send_raw(binding_indication(), offer.box_leg)
             self.offers[(rid, alloc.alloc_id)] = offer
             changed = True
-            _log.info("relay_offer", relay=rid, alloc=alloc.alloc_id, address=offer.peer_leg)
+            _log.info(
+                "relay_offer",
+                relay=rid,
+                alloc=alloc.alloc_id,
+                address=offer.peer_leg(self.ctx.config.relays.advertise_host),
+            )
         if changed:
             self._refresh_record()
 
@@ -330,8 +336,11 @@ class RelaysService:
 
     def record_offers(self) -> list[str]:
         """``relays`` entries for the node record: the open offers' peer legs."""
+        host = self.ctx.config.relays.advertise_host
         return [
-            relay_entry(RELAY_MICROPYTHON, o.peer_leg) for o in self.offers.values() if not o.peer
+            relay_entry(RELAY_MICROPYTHON, o.peer_leg(host))
+            for o in self.offers.values()
+            if not o.peer
         ]
 
     # -- library API (dashboard, NAT traversal, enrollment) ---------------------------------
@@ -426,7 +435,7 @@ class RelaysService:
                 {
                     "relay_id": k[0],
                     "alloc_id": k[1],
-                    "address": o.peer_leg,
+                    "address": o.peer_leg(self.ctx.config.relays.advertise_host),
                     "in_use": o.peer is not None,
                 }
                 for k, o in self.offers.items()

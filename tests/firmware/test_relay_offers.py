@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, web
 
+from node import config
 from node.agent import AgentContext
 from node.overlay.records import RELAY_MICROPYTHON, relay_kind, sign_record
 from node.relays import service as relays_service
@@ -206,4 +207,24 @@ async def test_bridge_frames_reach_a_local_consumer(tmp_path: Path) -> None:
         await task
         engine.stop()
         await runner.cleanup()
+        await stop_node(box)
+
+
+async def test_offers_name_the_advertised_host(tmp_path: Path) -> None:
+    """Boards on the box's LAN with their ports forwarded on the router: the record lists the
+    router's public address (``[relays] advertise_host``), not the LAN address."""
+    with pytest.raises(config.ConfigError, match="advertise_host: expected a host name"):
+        config.from_dict({"relays": {"advertise_host": "203.0.113.7:7702"}})
+    box, svc, enrolled, peer, base = await _box_and_peer(tmp_path, advertise_host="203.0.113.7")
+    try:
+        async with running(box):
+            with relay_board(tmp_path, enrolled, "127.0.0.1", base):
+                await until(svc.record_offers, "an open allocation on the board")
+                (entry,) = svc.record_offers()
+                assert relay_kind(entry) == (RELAY_MICROPYTHON, f"203.0.113.7:{base}")
+                assert entry in overlay_of(box).make_record().relays
+                (offer,) = svc.status()["offers"]
+                assert offer["address"] == f"203.0.113.7:{base}"
+    finally:
+        await stop_node(peer)
         await stop_node(box)
