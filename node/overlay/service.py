@@ -175,8 +175,8 @@ class OverlayService:
                 self._announce.cancel()
 
     def _now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
+        # the core's clock is wall time: record expiries are Unix seconds
+        return time.time()
 
     async def _bootstrap_loop(self) -> None:
         assert self.core is not None
@@ -319,7 +319,7 @@ class OverlayService:
             self._timer = None
         when = self.core.get_timer()
         if when is not None:
-            self._timer = self._loop.call_at(max(when, self._now()), self._on_timer)
+            self._timer = self._loop.call_later(max(0.0, when - self._now()), self._on_timer)
 
     def _on_timer(self) -> None:
         assert self.core is not None

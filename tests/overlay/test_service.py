@@ -88,3 +88,25 @@ async def test_contacts_survive_a_restart(swarm: list[AgentContext]) -> None:
     again = OverlayService(swarm[1])
     await again.start()
     assert again.core is not None and len(again.core.table) >= 1
+
+
+async def test_the_service_clock_refuses_expired_records(tmp_path: Path) -> None:
+    import time
+
+    from node.overlay import wire
+    from node.overlay.records import sign_record
+
+    ctx = await _node(tmp_path, 0, ())
+    svc = overlay(ctx)
+    assert svc.core is not None
+    try:
+        for expires, kept in ((int(time.time()) - 10, False), (int(time.time()) + 600, True)):
+            ident = Identity.generate()
+            rec = sign_record(ident, addresses=("192.0.2.1:9",), nat_class="", seq=1,
+                              expires=expires)  # fmt: skip
+            ping = wire.encode(wire.Message(wire.MsgType.PING, 1, sender=rec))
+            svc.core.handle_request(ident.node_id, ping, svc._now())
+            assert (svc.core.table.get(ident.node_id) is not None) is kept
+    finally:
+        await ctx.services["transport"].endpoint.close()  # type: ignore[attr-defined]
+        ctx.db.conn.close()
