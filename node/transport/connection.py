@@ -1113,6 +1113,12 @@ class ConnectionCore:
         s = self._send_streams.get(sid)
         return s.buffered if s is not None else 0
 
+    def send_unsent(self, sid: int) -> int:
+        """Bytes written to ``sid`` and not yet sent once (what is sent and unacknowledged
+        is bounded by the peer's flow-control window)."""
+        s = self._send_streams.get(sid)
+        return s.end - s.next_offset if s is not None else 0
+
     def reset_stream(self, sid: int, code: int = NO_ERROR) -> None:
         s = self._send_streams.get(sid)
         if s is None or s.done():

@@ -154,13 +154,14 @@ class Stream:
         if not data:
             return
         self._core.send_stream(self.stream_id, bytes(data))
-        if self._core.send_buffered(self.stream_id) > WRITE_HIGH_WATER:
+        if self._core.send_unsent(self.stream_id) > WRITE_HIGH_WATER:
             self._drained.clear()
             self.connection._endpoint._drain_waiters.add(self)
         self.connection._endpoint._touch(self._core)
 
     async def drain(self) -> None:
-        """Wait until the unacknowledged bytes of this stream fall below the high-water mark."""
+        """Wait until the bytes of this stream not yet sent fall below the high-water mark
+        (sent, unacknowledged bytes are bounded by the peer's flow-control window)."""
         while not self._drained.is_set():
             if self._exc is not None:
                 raise self._exc
@@ -577,7 +578,7 @@ class Endpoint:
             self._dispatch(core, ev)
         if self._drain_waiters:
             for stream in list(self._drain_waiters):
-                if stream._core.send_buffered(stream.stream_id) <= WRITE_HIGH_WATER:
+                if stream._core.send_unsent(stream.stream_id) <= WRITE_HIGH_WATER:
                     stream._drained.set()
                     self._drain_waiters.discard(stream)
         self._arm_timer()

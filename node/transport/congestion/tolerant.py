@@ -57,6 +57,7 @@ COMPETE_AFTER = 3  # cuts in a row that did not shorten the queue
 RELIEF_ROUNDS = 3  # rounds after a cut at which the queue is compared
 QUIET_ROUNDS = 2  # rounds without a queue before probing speeds up
 PROBE_BOOST = 8  # ... to this fraction of the window per round
+PROBE_BOOST_LONG = 32  # ... at least, when that is more than the grow threshold (long paths)
 BURST_LOSS_MARGIN = 0.05  # a round's loss rate this far above the usual one is congestion
 BURST_LOSS_PACKETS = 4  # ... provided the round lost at least this many packets
 UNKNOWN_LOSS_MARGIN = 0.15  # the margin before the first loss-rate estimate
@@ -64,6 +65,7 @@ QUEUE_TARGET = 0.005  # seconds of standing queue the window is cut above (half:
 DELAY_FLOOR = 0.001  # seconds of RTT variation never taken for a queue (scheduling, timers)
 COMPETE_BACKOFF = 0.7  # multiplicative decrease on loss while sharing a queue with others
 COMPETE_PROBE = 1  # ... and growth: datagrams per round
+SHARED_LOSS_MARGIN = 0.01  # round loss above twice the usual rate plus this: congestion (shared)
 COMPETE_WINDOW_GAIN = 2.0  # the window never exceeds this many estimated bdps while sharing
 
 
@@ -168,9 +170,10 @@ class Tolerant(CongestionControl):
                 if self.bdp > 0 and self.congestion_window > COMPETE_WINDOW_GAIN * self.bdp:
                     step = 0
             elif self._quiet_rounds >= QUIET_ROUNDS:
-                # faster, but never more per round than the queue allowed below ALPHA:
-                # one round's growth must not jump past the cut threshold
-                step = max(step, min(self.congestion_window // PROBE_BOOST, int(self._alpha())))
+                # faster, but not much more per round than the queue allowed below alpha,
+                # so one round's growth does not jump past the cut threshold
+                boost = max(int(self._alpha()), self.congestion_window // PROBE_BOOST_LONG)
+                step = max(step, min(self.congestion_window // PROBE_BOOST, boost))
             if step:
                 self.congestion_window += max(1, step * acked_bytes // self.congestion_window)
 
@@ -248,8 +251,12 @@ class Tolerant(CongestionControl):
         total = self._round_acked + self._round_lost
         lost_packets = self._round_lost // self.max_datagram_size
         round_loss = self._round_lost / total if total else 0.0
-        # (while competing, losses are handled as they are detected: on_packets_lost)
-        if not self.competing and lost_packets >= BURST_LOSS_PACKETS and not self._delay_signal():
+        if self.competing:
+            # sharing the queue with loss-driven flows: a round losing more than the path's
+            # usual random loss is congestion (the random loss itself is not)
+            if self._round_lost and round_loss > 2 * self.loss_rate + SHARED_LOSS_MARGIN:
+                self._cut(now, to_bdp=False, cause="loss_shared")
+        elif lost_packets >= BURST_LOSS_PACKETS and not self._delay_signal():
             # until a first loss-rate estimate exists (slow start on a long path) only a
             # far larger burst counts: the path's usual random loss is not known yet
             margin = BURST_LOSS_MARGIN if self._loss_estimated else UNKNOWN_LOSS_MARGIN
@@ -290,11 +297,7 @@ class Tolerant(CongestionControl):
         if self._rtt_at_cut > 0 and self._rounds_since_cut >= RELIEF_ROUNDS:
             # a queue of our own drains within a round or two of the cut
             relieved = rtt < self._rtt_at_cut - (self._rtt_at_cut - self.min_rtt) / 4
-            # one relieved round (another flow's own drain phase) does not wipe the record
-            if relieved:
-                self._ineffective_cuts = max(0, self._ineffective_cuts - 1)
-            else:
-                self._ineffective_cuts += 1
+            self._ineffective_cuts = 0 if relieved else self._ineffective_cuts + 1
             self._rtt_at_cut = 0.0
             if self._ineffective_cuts >= COMPETE_AFTER:
                 self.competing = True
@@ -333,8 +336,8 @@ class Tolerant(CongestionControl):
     ) -> None:
         self._round_lost += lost_bytes
         self._sample_lost_bytes += lost_bytes
-        if self.competing and newest_sent_time > self._last_cut:
-            self._cut(now, to_bdp=False, cause="loss_shared")
+        if self.competing:
+            self.random_losses += 1  # the round decides (_end_round)
         elif self._queue_confirmed() and newest_sent_time > self._last_cut:
             self._cut(now, to_bdp=True, cause="loss_queue")
         else:
