@@ -183,7 +183,7 @@ class Provider:
         """
         removed = 0
         with self.lock, self.db.conn:
-            c = index.contract(self.db, contract_id)
+            c = self._contract(contract_id)
             self.store.delete_contract(contract_id)
             index.remove_contract(self.db, contract_id.hex())
             removed += 1
@@ -193,10 +193,21 @@ class Provider:
                 removed += 1
         return removed
 
+    def _contract(self, contract_id: bytes) -> Contract | None:
+        """A stored contract from the index, or from its file while the index is rebuilt."""
+        c = index.contract(self.db, contract_id)
+        if c is not None:
+            return c
+        try:
+            c = Contract.decode(self.store.contract_path(contract_id).read_bytes())
+        except (OSError, StorageError):
+            return None
+        return c if c.id == contract_id else None
+
     def release(self, contract_id: bytes, signature: bytes) -> None:
         """The client gives a contract up early: the chunk goes as soon as nothing holds it."""
         with self.lock:
-            c = index.contract(self.db, contract_id)
+            c = self._contract(contract_id)
         if c is None:
             return  # unknown or already gone: releasing is idempotent
         if not identity.verify(c.client_key, wire.release_body(contract_id), signature):
