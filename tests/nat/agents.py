@@ -281,11 +281,19 @@ def run_cell(a: LabAgent, b: LabAgent, fresh: bool = False) -> AgentCell:
         return AgentCell(a.kind, b.kind, want, [], [], ab, ba, str(exc))
 
 
-def fresh_tries(a: LabAgent, b: LabAgent, tries: int) -> list[dict[str, Any] | str]:
+def fresh_tries(
+    a: LabAgent, b: LabAgent, tries: int, pause: float = 1.0
+) -> list[dict[str, Any] | str]:
     """``tries`` reachability checks from ``a`` to ``b``, each on a new session (looked up in
-    the DHT, connected, echoed, upgrade awaited); an error message for each that failed."""
+    the DHT, connected, echoed, upgrade awaited); an error message for each that failed.
+
+    ``pause`` seconds between tries: a closed session stays CLOSING for three RTOs and counts
+    against the transport's limit of 8 sessions per peer, which back-to-back reconnects hit.
+    """
     out: list[dict[str, Any] | str] = []
-    for _ in range(tries):
+    for i in range(tries):
+        if i:
+            time.sleep(pause)
         try:
             out.append(a.reach(b, fresh=True))
         except AgentError as exc:
