@@ -25,8 +25,6 @@ IDLE_TIMEOUT = 900.0
 """Seconds a serving stream may wait for the next request."""
 STREAM_REUSE = 600.0
 STREAM_POOL = 8
-RECYCLE_AFTER_STREAMS = 96
-"""Streams opened on one connection before it is replaced by a fresh one."""
 
 
 class PeerUnreachable(StorageError):
@@ -153,10 +151,7 @@ class EndpointDialer:
         self.endpoint = endpoint
         self._conns: dict[tuple[str, int], Any] = {}
         self._idle: dict[tuple[str, int], list[tuple[float, Any]]] = {}
-        self._opened: dict[tuple[str, int], int] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
-        self._inflight: dict[int, int] = {}
-        self._retired: dict[int, Any] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
     async def _connection(
@@ -175,36 +170,17 @@ class EndpointDialer:
                 self._conns[address] = conn
             return conn
 
-    def _forget(self, address: tuple[str, int], *, now: bool = True) -> None:
-        """Stop using the connection to ``address``; a fresh one gets fresh stream credit.
-
-        With ``now`` (after an error) it is closed at once; otherwise (recycling) it is closed
-        when its last request in flight is done.
-        """
+    def _forget(self, address: tuple[str, int]) -> None:
+        """Stop using the connection to ``address`` (after an error) and close it."""
         conn = self._conns.pop(address, None)
-        self._opened.pop(address, None)
         for _, stream in self._idle.pop(address, []):
             with contextlib.suppress(Exception):
                 stream.close()
         if conn is None:
             return
-        if now or not self._inflight.get(id(conn)):
-            self._close_soon(conn)
-        else:
-            self._retired[id(conn)] = conn
-
-    def _close_soon(self, conn: Any) -> None:
-        self._inflight.pop(id(conn), None)
-        self._retired.pop(id(conn), None)
         task = asyncio.get_running_loop().create_task(self._close(conn))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-
-    def _done(self, conn: Any) -> None:
-        left = self._inflight.get(id(conn), 1) - 1
-        self._inflight[id(conn)] = left
-        if left <= 0 and id(conn) in self._retired:
-            self._close_soon(conn)
 
     @staticmethod
     async def _close(conn: Any) -> None:
@@ -252,7 +228,6 @@ class EndpointDialer:
                 with contextlib.suppress(Exception):
                     stream.close()
         if answer is None:
-            self._opened[address] = self._opened.get(address, 0) + 1
             stream = await conn.open_stream(wire.PROTOCOL)
             try:
                 answer = await self._exchange(stream, msg)
@@ -278,16 +253,7 @@ class EndpointDialer:
         try:
             async with asyncio.timeout(timeout):
                 conn = await self._connection(address, peer_key, timeout)
-                if self._opened.get(address, 0) >= RECYCLE_AFTER_STREAMS:
-                    # A new connection before this one runs out of stream credit; the old one
-                    # closes when its requests in flight are done.
-                    self._forget(address, now=False)
-                    conn = await self._connection(address, peer_key, timeout)
-                self._inflight[id(conn)] = self._inflight.get(id(conn), 0) + 1
-                try:
-                    return await self._request_on(conn, address, msg, peer_key, timeout)
-                finally:
-                    self._done(conn)
+                return await self._request_on(conn, address, msg, peer_key, timeout)
         except TimeoutError:
             self._forget(address)
             raise PeerUnreachable(f"{address[0]}:{address[1]} did not answer in time") from None

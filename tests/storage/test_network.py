@@ -76,12 +76,20 @@ async def test_endpoint_dialer_survives_many_concurrent_requests(tmp_path: Path)
     b.set_handler(wire.PROTOCOL, handler)
     dialer = EndpointDialer(a)
     try:
-        # Far more exchanges, more of them at once, than one connection has stream credit for.
+        # Far more exchanges, more of them at once, than one connection has stream credit for
+        # at a time: closed streams return their credit, so the first connection serves them all.
+        first = None
         for _ in range(40):
             answers = await asyncio.gather(
                 *(dialer.request(b.local_address, wire.Hello(), timeout=10) for _ in range(16))
             )
             assert all(isinstance(x, wire.Info) for x in answers)
+            (conn,) = a.connections
+            first = first or conn
+            assert conn is first
+        # The server side saw far more than 128 streams opened on that one connection.
+        (served,) = b.connections
+        assert served._core._peer_streams_opened > 128
     finally:
         await a.close()
         await b.close()
