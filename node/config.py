@@ -300,6 +300,12 @@ class StorageSection:
     egress_price_per_gib: float = setting(
         0.5, "Price this box pays per GiB it downloads from other boxes, BCT.", min=0, max=1e9
     )
+    relay_price_per_gib: float = setting(
+        0.5,
+        "Price this box pays a relay per GiB it forwards for it (both ways), BCT.",
+        min=0,
+        max=1e9,
+    )
     contract_days: float = setting(
         30.0,
         "Term of the contracts this box makes when it places files, days.",
@@ -313,7 +319,10 @@ class StorageSection:
     )
     audit_samples: int = setting(16, "Segments sampled per audit.", min=1, max=64)
     pay_interval: float = setting(
-        600.0, "Seconds between voucher rounds to the boxes that store for us.", min=1, max=86400
+        600.0,
+        "Seconds between voucher rounds to the boxes that store or relay for us.",
+        min=1,
+        max=86400,
     )
     scrub_days: float = setting(
         7.0, "Each stored chunk is re-hashed about once per this many days.", min=0.0001, max=365

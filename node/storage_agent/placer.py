@@ -48,6 +48,7 @@ class PlacerSettings:
     n: int = 8
     price_per_gib_month: float = 1.0
     egress_price_per_gib: float = 0.5
+    relay_price_per_gib: float = 0.5
     term: float = 30 * 86400.0
     audit_samples: int = audit.DEFAULT_SAMPLES
     audit_deadline: float = audit.DEFAULT_DEADLINE
@@ -460,6 +461,11 @@ class Placer:
     def _accrue_egress(self, key: bytes, address: tuple[str, int], nbytes: int) -> None:
         units = self.settings.egress_price_per_gib * UNITS_PER_BCT * nbytes / GIB
         self._channel(key, address).egress += math.ceil(units)
+
+    def accrue_relay(self, key: bytes, address: tuple[str, int], nbytes: int) -> None:
+        """Owe the relay ``key`` for ``nbytes`` more it forwarded for this node."""
+        units = self.settings.relay_price_per_gib * UNITS_PER_BCT * nbytes / GIB
+        self._channel(key, address).relay += math.ceil(units)
 
     async def audit_one(self, p: Placement) -> audit.AuditResult:
         now = time.time()

@@ -68,6 +68,7 @@ class StorageService:
         self.store = ChunkStore(root, ctx.identity.node_id_text)
         index.setup(ctx.db)
         self.ledger = Ledger(ctx.db, ctx.identity.node_id, self.store.vouchers)
+        self._relay_seen: dict[bytes, int] = {}
         allocation = int(index.get_meta(ctx.db, "allocation") or cfg.allocation_bytes)
         self.provider = Provider(
             node=ctx.identity,
@@ -106,6 +107,7 @@ class StorageService:
                 n=max(cfg.erasure_n, cfg.erasure_k),
                 price_per_gib_month=cfg.price_per_gib_month,
                 egress_price_per_gib=cfg.egress_price_per_gib,
+                relay_price_per_gib=cfg.relay_price_per_gib,
                 term=cfg.contract_days * 86400,
                 audit_samples=cfg.audit_samples,
                 repair_after_offline=cfg.repair_after_offline,
@@ -403,7 +405,19 @@ class StorageService:
         interval = self.ctx.config.storage.pay_interval
         while True:
             await asyncio.sleep(interval)
+            self.accrue_relaying()
             await self._guarded("voucher round", self.placer.pay_round)
+
+    def accrue_relaying(self) -> None:
+        """Owe the relays what they forwarded for us since the last round (the NAT service
+        counts the bytes; a restart starts its counts again from zero)."""
+        usage = getattr(self.ctx.services.get("nat"), "relay_usage", None)
+        for use in usage() if usage is not None else ():
+            seen = self._relay_seen.get(use.public_key, 0)
+            delta = use.bytes - seen if use.bytes >= seen else use.bytes
+            self._relay_seen[use.public_key] = use.bytes
+            if delta > 0:
+                self.placer.accrue_relay(use.public_key, use.address, delta)
 
     async def _guarded(self, what: str, step: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run one round of background work; a failure is reported, the loop goes on."""

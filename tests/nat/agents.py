@@ -97,8 +97,11 @@ class LabAgent:
             self.process.stop(sig)
 
 
-def agent_config(bootstrap: Iterable[str], nat: str = "", network: str = "") -> str:
-    """config.toml of a lab agent; ``nat`` and ``network`` add keys to those sections."""
+def agent_config(
+    bootstrap: Iterable[str], nat: str = "", network: str = "", extra: str = ""
+) -> str:
+    """config.toml of a lab agent; ``nat`` and ``network`` add keys to those sections,
+    ``extra`` adds whole sections."""
     boot = ", ".join(f'"{b}"' for b in bootstrap)
     return f"""[node]
 log_level = "debug"
@@ -112,18 +115,21 @@ rediscover_s = 600
 {nat}
 [web]
 listen = "{WEB}"
-"""
+{extra}"""
 
 
 class AgentLab:
     """Bootstrap/relay agents and one agent per (kind, slot) in a lab."""
 
     def __init__(
-        self, lab: Lab, tmp: Path, *, udp_timeout: int = 30, relays: int = 2, network: str = ""
-    ) -> None:
+        self, lab: Lab, tmp: Path, *, udp_timeout: int = 30, relays: int = 2, network: str = "",
+        extra: str = "",
+    ) -> None:  # fmt: skip
         self.lab = lab
         self.network = network
         """Extra [network] keys for every agent."""
+        self.extra = extra
+        """Extra config sections for every agent."""
         self.tmp = tmp
         self.udp_timeout = udp_timeout
         self.relays: list[LabAgent] = []
@@ -138,7 +144,9 @@ class AgentLab:
                bootstrap: list[str], nat: str = "") -> LabAgent:  # fmt: skip
         data_dir = self.tmp / name
         _, token = init_data_dir(data_dir)
-        (data_dir / "config.toml").write_text(agent_config(bootstrap, nat, self.network))
+        (data_dir / "config.toml").write_text(
+            agent_config(bootstrap, nat, self.network, self.extra)
+        )
         prefix = ["ip", "netns", "exec", ns.netns]
         run = start_agent(
             data_dir, ["--listen", f"0.0.0.0:{PORT}", "--web", WEB], timeout=60, prefix=prefix

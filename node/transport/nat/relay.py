@@ -189,10 +189,14 @@ class RelayServer:
             b.close()
 
 
+ByteCounter = Callable[[int], None]
+
+
 class _Shim(asyncio.DatagramProtocol):
-    def __init__(self, pipe: Pipe, endpoint_addr: Address) -> None:
+    def __init__(self, pipe: Pipe, endpoint_addr: Address, on_bytes: ByteCounter | None) -> None:
         self.pipe = pipe
         self.endpoint_addr = endpoint_addr
+        self.on_bytes = on_bytes
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if (addr[0], addr[1]) == self.endpoint_addr and len(data) <= MAX_FRAME:
@@ -200,6 +204,9 @@ class _Shim(asyncio.DatagramProtocol):
                 self.pipe.write(frame(data))
             except Exception as exc:  # the relayed stream is gone: the pump task ends too
                 _log.debug("relayed_frame_dropped", error=str(exc))
+                return
+            if self.on_bytes is not None:
+                self.on_bytes(len(data))
 
 
 SocketFactory = Callable[[], socket.socket]
@@ -216,21 +223,28 @@ async def run_shim(
     pipe: Pipe,
     endpoint: Endpoint,
     sock_factory: SocketFactory | None = None,
+    on_bytes: ByteCounter | None = None,
 ) -> tuple[Address, asyncio.Task[None]]:
     """Join ``pipe`` to the endpoint through a local UDP socket; returns the socket's address
-    (the relayed peer's address as the endpoint sees it) and the task that runs the pipe."""
+    (the relayed peer's address as the endpoint sees it) and the task that runs the pipe.
+    ``on_bytes`` is told the size of every datagram carried, either way."""
     loop = asyncio.get_running_loop()
     target = _endpoint_target(endpoint)
     sock = (sock_factory or (lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)))()
     sock.bind((target[0], 0))
     sock.setblocking(False)
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Shim(pipe, target), sock=sock)
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _Shim(pipe, target, on_bytes), sock=sock
+    )
     name = sock.getsockname()
 
     async def pump() -> None:
         try:
             while True:
-                transport.sendto(await read_frame(pipe), target)
+                data = await read_frame(pipe)
+                transport.sendto(data, target)
+                if on_bytes is not None:
+                    on_bytes(len(data))
         except (asyncio.IncompleteReadError, RelayError, OSError) as exc:
             _log.info("relayed_path_closed", reason=str(exc) or type(exc).__name__)
         finally:
@@ -238,6 +252,19 @@ async def run_shim(
             pipe.close()
 
     return (name[0], name[1]), asyncio.create_task(pump())
+
+
+@dataclass
+class RelayUse:
+    """Datagram bytes (both ways) a node moved through one relay since it started: what it
+    pays that relay for (the storage service turns them into relay vouchers)."""
+
+    public_key: bytes
+    address: Address
+    bytes: int = 0
+
+    def add(self, n: int) -> None:
+        self.bytes += n
 
 
 class RelayClient:
@@ -249,6 +276,15 @@ class RelayClient:
         self.shims: dict[Address, asyncio.Task[None]] = {}
         self.reservations: dict[bytes, Stream] = {}
         self.on_incoming: Callable[[Address, bytes], None] | None = None
+        self.usage: dict[bytes, RelayUse] = {}
+        """Bytes relayed for us, by relay node id."""
+
+    def _use(self, relay: Connection) -> RelayUse:
+        use = self.usage.get(relay.peer_id)
+        if use is None:
+            use = self.usage[relay.peer_id] = RelayUse(relay.peer_public_key, relay.remote_address)
+        use.address = relay.remote_address
+        return use
 
     def attach(self) -> None:
         self.endpoint.set_handler(PROTOCOL_IN, self._incoming)
@@ -270,7 +306,8 @@ class RelayClient:
         stream = await relay.open_stream(PROTOCOL)
         stream.write(OP_CONNECT + target)
         await asyncio.wait_for(read_answer(stream), ANSWER_TIMEOUT)
-        addr, task = await run_shim(stream, self.endpoint, self.sock_factory)
+        use = self._use(relay)
+        addr, task = await run_shim(stream, self.endpoint, self.sock_factory, use.add)
         self._track(addr, task)
         return addr
 
@@ -280,7 +317,8 @@ class RelayClient:
 
     async def _incoming(self, conn: Connection, stream: Stream) -> None:
         source = await stream.readexactly(32)
-        addr, task = await run_shim(stream, self.endpoint, self.sock_factory)
+        use = self._use(conn)
+        addr, task = await run_shim(stream, self.endpoint, self.sock_factory, use.add)
         self._track(addr, task)
         answer(stream)
         await stream.drain()

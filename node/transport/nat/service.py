@@ -31,7 +31,7 @@ from node.transport.nat.discovery import NatClass, NatReport, discover
 from node.transport.nat.errors import NatError
 from node.transport.nat.keepalive import Keepalive, interval_for, measure_binding_lifetime
 from node.transport.nat.portmap import PortMapper
-from node.transport.nat.relay import RelayClient, RelayLimits, RelayServer
+from node.transport.nat.relay import RelayClient, RelayLimits, RelayServer, RelayUse
 from node.transport.nat.stun import Address
 from node.transport.nat.stun_server import StunServer
 from node.transport.nat.traversal import Traversal, predicted
@@ -364,6 +364,10 @@ class NatService:
             return False
         stream = self.traversal.relays.reservations.get(conn.peer_id)
         return stream is not None and stream.connection is conn
+
+    def relay_usage(self) -> list[RelayUse]:
+        """Bytes relays moved for us since start, per relay (for paying them)."""
+        return [] if self.traversal is None else list(self.traversal.relays.usage.values())
 
     def relay_addresses(self) -> list[str]:
         """Relays that hold a reservation for us, then the open allocations on our MicroPython
