@@ -41,20 +41,25 @@ def makedirs(path: Path, mode: int = 0o700) -> list[Path]:
     return made
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview, *, sync: bool = True) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
         view = view[n:]
-    os.fsync(fd)
+    if sync:
+        os.fsync(fd)
 
 
-def write_temp(directory: Path, data: bytes | bytearray | memoryview, mode: int = 0o600) -> Path:
-    """A new temp file in ``directory`` holding ``data``, fsynced; returns its path."""
+def write_temp(
+    directory: Path, data: bytes | bytearray | memoryview, mode: int = 0o600, *, sync: bool = True
+) -> Path:
+    """A new temp file in ``directory`` holding ``data``, fsynced unless ``sync`` is False
+    (for caches that are checked when read: after a power cut such a file may be empty or
+    hold garbage under its final name); returns its path."""
     tmp = directory / f".{secrets.token_hex(8)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        _write_all(fd, data)
+        _write_all(fd, data, sync=sync)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -64,10 +69,12 @@ def write_temp(directory: Path, data: bytes | bytearray | memoryview, mode: int 
     return tmp
 
 
-def install(pairs: Sequence[tuple[Path, Path]], *, exclusive: bool = False) -> None:
+def install(
+    pairs: Sequence[tuple[Path, Path]], *, exclusive: bool = False, sync: bool = True
+) -> None:
     """Rename each fsynced temp file of ``(temp, target)`` into place, in order, then fsync
-    the targets' directory (one directory for all) and any directory created on the way.
-    Temp files not installed (after an error) are removed."""
+    the targets' directory (one directory for all) and any directory created on the way
+    (skipped when ``sync`` is False). Temp files not installed (after an error) are removed."""
     if not pairs:
         return
     parent = pairs[0][1].parent
@@ -88,6 +95,8 @@ def install(pairs: Sequence[tuple[Path, Path]], *, exclusive: bool = False) -> N
         for tmp, _ in todo:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+    if not sync:
+        return
     fsync_dir(parent)
     for d in made:
         fsync_dir(d.parent)

@@ -166,3 +166,64 @@ def test_rejected_chunk_leaves_no_temp_file(tmp_path: Path) -> None:
     with pytest.raises(ProofError, match="refused 13 leaves"):
         store.put(os.urandom(50_000), check=refuse)
     assert list(store.tmp.iterdir()) == [] and list(store.scan()) == []
+
+
+def _record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every fsync and rename the store makes, in order, as (kind, file name); the calls
+    still go to the real functions."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        events.append(("rename", Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_chunk_is_durable_before_put_returns_and_the_cache_costs_no_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make(tmp_path)
+    data = os.urandom(3 * merkle.SEGMENT_SIZE + 7)
+    cid = chunk_id(data)
+    store.path_of(cid).parent.mkdir(parents=True)  # only the chunk's own directory to sync
+    events = _record_syncs(monkeypatch)
+    assert store.put(data) == cid
+    h = cid.hex()
+    chunk_sync = [i for i, (kind, name) in enumerate(events) if kind == "fsync" and name != h[2:4]]
+    assert len(chunk_sync) == 1 and events[chunk_sync[0]][1].endswith(".tmp")
+    assert events[chunk_sync[0] + 1 :] == [
+        ("rename", h),
+        ("rename", h + ".tree"),
+        ("fsync", h[2:4]),
+    ]
+    assert store.load_tree(cid, len(data)) == merkle.leaves(data)
+    events.clear()
+    store.save_tree(cid, len(data), merkle.leaves(data))
+    assert events == [("rename", h + ".tree")]
+
+
+@pytest.mark.parametrize("left", ["missing", "empty", "zeros", "half"])
+def test_cache_not_synced_before_a_power_cut_is_rebuilt(tmp_path: Path, left: str) -> None:
+    # What an unsynced cache may look like after a power cut: each is refused and rebuilt.
+    store = make(tmp_path)
+    data = os.urandom(5 * merkle.SEGMENT_SIZE)
+    cid = store.put(data)
+    tree = store.tree_path(cid)
+    raw = tree.read_bytes()
+    if left == "missing":
+        tree.unlink()
+    else:
+        tree.write_bytes(
+            {"empty": b"", "zeros": bytes(len(raw)), "half": raw[: len(raw) // 2]}[left]
+        )
+    assert store.load_tree(cid, len(data)) is None
+    assert store.put(data) == cid
+    assert store.load_tree(cid, len(data)) == merkle.leaves(data)
