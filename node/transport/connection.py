@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import struct
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -74,6 +75,7 @@ K_ALPHA = 1 / 8  # RFC 6298 section 2.3
 K_BETA = 1 / 4
 K_MAX_DATAGRAMS_QUEUED = 64
 K_LOST_MEMORY = 256  # packets remembered after being declared lost (late ACKs)
+K_ACK_RANGES_PING = 4  # ACK ranges above which an ACK-only packet carries a PING (trimming)
 K_MAX_ACK_DELAY_CC = 1.0  # largest reported ACK delay taken off a congestion-control sample
 K_PACING_TICK = 0.0002  # shortest pacing wait, seconds
 K_PACING_BURST = 8  # datagrams that may leave back to back
@@ -182,14 +184,20 @@ def check_identity(payload: bytes, remote_static: bytes | None) -> tuple[bytes, 
     return pk, PeerParams.decode(payload[32:48])
 
 
-def _covered(pn: int, ranges: tuple[tuple[int, int], ...]) -> bool:
-    """Whether ``pn`` is in one of the descending inclusive ACK ranges."""
+def _covered(pns: list[int], ranges: tuple[tuple[int, int], ...]) -> list[int]:
+    """The numbers of the ascending list ``pns`` inside the descending inclusive ACK ranges:
+    a bisection per range, so a long list of packets declared lost costs little per ACK."""
+    if not pns:
+        return []
+    first, last = pns[0], pns[-1]
+    found: list[int] = []
     for lo, hi in ranges:
-        if pn > hi:
-            return False
-        if pn >= lo:
-            return True
-    return False
+        if hi < first:
+            break
+        if lo > last:
+            continue
+        found += pns[bisect_left(pns, lo) : bisect_right(pns, hi)]
+    return found
 
 
 class State(Enum):
@@ -201,7 +209,7 @@ class State(Enum):
 
 
 class SentPacket:
-    __slots__ = ("ack_eliciting", "frames", "pn", "sent_time", "size", "streams")
+    __slots__ = ("ack_eliciting", "ack_largest", "frames", "pn", "sent_time", "size", "streams")
 
     def __init__(
         self,
@@ -218,6 +226,7 @@ class SentPacket:
         self.ack_eliciting = ack_eliciting
         self.streams = streams
         self.frames = frames
+        self.ack_largest = -1  # largest packet number of the ACK frame it carried
 
 
 class SendStream:
@@ -454,6 +463,7 @@ class ConnectionCore:
         self._largest_received = -1
         self._replay_bits = 0
         self._received = RangeSet()
+        self._ack_ping_at = float("-inf")  # when an ACK-only packet last carried a PING
         self._ack_eliciting_pending = 0
         self._ack_immediate = False
         self._ack_timer: float | None = None
@@ -1160,9 +1170,10 @@ class ConnectionCore:
         newest_sent = float("-inf")
         largest_newly: SentPacket | None = None
         first_pn = next(iter(sent)) if sent else None
+        ack_floor = -1
         if lost:
             # packets declared lost that arrived after all: their data needs no resend
-            for pn in [p for p in lost if _covered(p, ack.ranges)]:
+            for pn in _covered(sorted(lost), ack.ranges):
                 for sid, off, ln, fin in lost.pop(pn):
                     s = self._send_streams.get(sid)
                     if s is not None:
@@ -1181,6 +1192,8 @@ class ConnectionCore:
                     continue
                 if largest_newly is None or pn > largest_newly.pn:
                     largest_newly = p
+                if p.ack_largest > ack_floor:
+                    ack_floor = p.ack_largest
                 if p.ack_eliciting:
                     acked_bytes += p.size
                     if p.sent_time > newest_sent:
@@ -1194,6 +1207,11 @@ class ConnectionCore:
                                 self._maybe_forget(sid)
         if largest_newly is None:
             return
+        if ack_floor >= 0:
+            # RFC 9000 section 13.2.4: the peer has seen an ACK frame of ours up to
+            # ack_floor, so packets at or below it need not be acknowledged again: ACK frames
+            # stay short instead of carrying every old loss hole (up to 64 ranges)
+            self._received.trim_below(min(ack_floor + 1, self._largest_received))
         self.bytes_in_flight -= acked_bytes
         if largest > self._largest_acked:
             self._largest_acked = largest
@@ -1558,7 +1576,8 @@ class ConnectionCore:
             if not can_send and not ack_due:
                 break
             buf = wire.Buffer()
-            if ack_due or self._ack_eliciting_pending:
+            has_ack = bool(ack_due or self._ack_eliciting_pending)
+            if has_ack:
                 self._ack_frame(buf, now)
             streams: list[tuple[int, int, int, bool]] | None = None
             frames: list[wire.Frame] | None = None
@@ -1567,6 +1586,17 @@ class ConnectionCore:
                 frames, streams, eliciting = self._fill(buf, mds - _AEAD_OVERHEAD)
             if not buf.data:
                 break
+            if (
+                has_ack
+                and not eliciting
+                and len(self._received) > K_ACK_RANGES_PING
+                and now - self._ack_ping_at >= (self.smoothed_rtt or K_INITIAL_RTO)
+            ):
+                # a receiver that only sends ACKs makes one of them ack-eliciting about
+                # once per round trip, so the peer's ACK of it lets old ranges go
+                buf.push_uint8(wire.FrameType.PING)
+                eliciting = True
+                self._ack_ping_at = now
             payload = buf.data
             pn = self._next_pn
             pkt = self._seal(payload, now)
@@ -1576,7 +1606,9 @@ class ConnectionCore:
             counters["packets_out"] += 1
             counters["bytes_out"] += size
             if eliciting:
-                self._sent[pn] = SentPacket(pn, now, size, True, streams, frames)
+                sent_packet = self._sent[pn] = SentPacket(pn, now, size, True, streams, frames)
+                if has_ack:
+                    sent_packet.ack_largest = self._largest_received
                 self.bytes_in_flight += size
                 cc.on_packet_sent(size=size, now=now)
                 self._last_sent_eliciting = now
