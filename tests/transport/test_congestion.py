@@ -203,3 +203,42 @@ def test_tolerant_and_a_loss_driven_flow_share() -> None:
     assert total >= 17.0
     assert reno >= 0.3 * total  # the loss-driven flow is not starved
     assert ours >= 0.3 * total  # nor does the delay-driven one yield everything
+
+
+def _round(cc: Tolerant, t: float, acks: int, lost: int, rtt: float = 0.05) -> float:
+    """One round trip of ``acks`` ACKs of two datagrams each, the first ``lost`` of them
+    followed by a loss of one datagram; the RTT flat (no queue)."""
+    for i in range(acks):
+        t += rtt / acks
+        cc.on_rtt_measurement(latest_rtt=rtt, min_rtt=rtt, smoothed_rtt=rtt, now=t)
+        cc.on_packets_acked(
+            acked_bytes=2 * MDS,
+            newest_sent_time=t - rtt,
+            bytes_in_flight=cc.congestion_window,
+            now=t,
+        )
+        if i < lost:
+            cc.on_packets_lost(
+                lost_bytes=MDS, newest_sent_time=t - rtt / 2, bytes_in_flight=0, now=t
+            )
+    return t
+
+
+def test_tolerant_first_loss_estimate_is_not_biased_low() -> None:
+    # 3 % random loss from the start: the first estimate (after 100 ACKs) must read about
+    # 3 %, not a quarter of it, or the next round's 7 % (8 of ~108 packets, ordinary
+    # binomial noise at 3 %) passes for a loss burst and the window is cut for nothing
+    cc = Tolerant(max_datagram_size=MDS)
+    t = 0.0
+    for _ in range(2):
+        t = _round(cc, t, 50, 3)
+    assert 0.025 < cc.loss_rate < 0.035
+    window = cc.congestion_window
+    t = _round(cc, t, 50, 8)
+    t = _round(cc, t, 50, 0)
+    assert "loss_burst" not in cc.cuts
+    assert cc.congestion_window >= window
+    # a round losing over a quarter of its packets is still congestion
+    t = _round(cc, t, 50, 30)
+    _round(cc, t, 50, 0)
+    assert cc.cuts.get("loss_burst") == 1

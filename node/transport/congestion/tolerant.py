@@ -45,6 +45,7 @@ from node.transport.congestion.base import CongestionControl, register_congestio
 ALPHA = 0.06  # queued fraction of the bdp below which the window grows
 BETA = 0.2  # queued fraction of the bdp above which the window is cut to the bdp
 LOSS_SAMPLE_ACKS = 100  # ACKs per loss-rate estimate
+LOSS_FILTER = 0.25  # weight of a new loss-rate sample
 BW_FILTER = 0.25  # weight of a new bandwidth sample (Westwood+ low-pass filter)
 BW_WINDOW = 20  # samples (about one per round trip) the bandwidth maximum is taken over
 MIN_RTT_WINDOW = 30.0  # seconds the base RTT is the minimum over
@@ -116,6 +117,8 @@ class Tolerant(CongestionControl):
         self._sample_acked_bytes = 0
         self._sample_lost_bytes = 0
         self._loss_estimated = False
+        self._loss_average = 0.0  # exponentially weighted, started from zero ...
+        self._loss_weight = 0.0  # ... and the weight its samples have in it so far
 
     @property
     def bdp(self) -> float:
@@ -202,7 +205,12 @@ class Tolerant(CongestionControl):
         if total > 0 and not self._delay_signal():
             self._loss_estimated = True
             sample = self._sample_lost_bytes / total
-            self.loss_rate += 0.25 * (sample - self.loss_rate)
+            self._loss_average += LOSS_FILTER * (sample - self._loss_average)
+            self._loss_weight += LOSS_FILTER * (1.0 - self._loss_weight)
+            # divided by the weight, the first estimates are not biased towards zero: a
+            # path's usual 3 % read as 0.7 % made the next round's random 8 % look like a
+            # loss burst, and the window was cut for nothing
+            self.loss_rate = self._loss_average / self._loss_weight
         self._sample_acks = 0
         self._sample_acked_bytes = 0
         self._sample_lost_bytes = 0
