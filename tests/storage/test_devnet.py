@@ -131,7 +131,8 @@ def test_repair_moves_shares_off_offline_and_disqualified_nodes(tmp_path: Path) 
             return [(names[p["node"]], p["num"]) for p in placements(client) if p["node"] in names]
 
         try:
-            wait_for("shares moved off both nodes", lambda: not left())
+            # a liveness wait: repair rounds are slow on a loaded machine
+            wait_for("shares moved off both nodes", lambda: not left(), timeout=240)
         except AssertionError:
             raise AssertionError(f"still placed: {left()}; {storage_status(client)}") from None
         status = storage_status(client)
