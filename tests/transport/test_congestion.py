@@ -242,3 +242,39 @@ def test_tolerant_first_loss_estimate_is_not_biased_low() -> None:
     t = _round(cc, t, 50, 30)
     _round(cc, t, 50, 0)
     assert cc.cuts.get("loss_burst") == 1
+
+
+def _sharing(lossy_every: int) -> Tolerant:
+    """A path of 50 ms whose queue (50 ms more) another flow keeps full: the controller's
+    cuts leave the RTT where it was, so it shares; then rounds with a loss every
+    ``lossy_every`` rounds (every round: a flow that ignores loss keeps the queue full)."""
+    cc = Tolerant(max_datagram_size=MDS)
+    t = 0.0
+    for _ in range(20):
+        t = _round(cc, t, 50, 0)
+    for _ in range(40):
+        if cc.competing:
+            break
+        t = _round(cc, t, 50, 0, rtt=0.1)
+    assert cc.competing and cc.rate_mode
+    for i in range(20):
+        t = _round(cc, t, 50, 3 if i % lossy_every == 0 else 0, rtt=0.1)
+    return cc
+
+
+def test_tolerant_shares_by_rate_with_a_flow_that_ignores_loss() -> None:
+    # losses in most rounds: the other flow does not back off, so neither does this one
+    # (no multiplicative cut, the window stays at twice the estimated bdp)
+    cc = _sharing(lossy_every=1)
+    assert cc.rate_mode
+    assert "loss_shared" not in cc.cuts
+    assert cc.congestion_window >= 1.9 * cc.bdp
+    assert 0.7 * cc.max_bandwidth <= cc.pacing_rate(0.1) <= 1.3 * cc.max_bandwidth
+
+
+def test_tolerant_shares_on_loss_with_a_flow_that_backs_off() -> None:
+    # losses in few rounds: the other flow yields on loss, so rate mode ends and the
+    # window drops to this flow's delivery rate times the base RTT
+    cc = _sharing(lossy_every=5)
+    assert cc.competing and not cc.rate_mode
+    assert cc.congestion_window <= 1.1 * cc.bandwidth * cc.min_rtt

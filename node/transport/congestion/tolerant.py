@@ -29,9 +29,14 @@ build a queue, and backs off by a factor that is gentler the higher the usual ra
 rate is, never below the Westwood estimate times ``min_rtt``. Random loss at the usual rate
 does not touch the window; neither does a timeout without a queue (the window restarts from
 the estimate). When cuts repeatedly fail to shorten the queue, another flow keeps it full:
-the controller then competes on loss as CUBIC does in its TCP-friendly region (one datagram
-per round, x0.7 per loss round, at most two bdps) until the queue is gone. Sending is paced
-at a gain over ``cwnd / min_rtt``.
+the controller then shares until the queue is gone. Each spell of sharing starts in rate
+mode, as BBR does: pacing at the Westwood maximum times a gain cycled per base RTT (1.25,
+0.75, then 1), the window twice the estimated bdp, a loss round only bounding the rate by
+what that round delivered. If few of its first rounds lost (the other flow yields on loss,
+as CUBIC does, and rate mode would starve it), the controller competes on loss instead as
+CUBIC does in its TCP-friendly region (one datagram per round, x0.7 per loss round, at most
+two bdps), from its delivery rate times ``min_rtt``. Otherwise sending is paced at a gain
+over ``cwnd / min_rtt``.
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ COMPETE_BACKOFF = 0.7  # multiplicative decrease on loss while sharing a queue w
 COMPETE_PROBE = 1  # ... and growth: datagrams per round
 SHARED_LOSS_MARGIN = 0.01  # round loss above twice the usual rate plus this: congestion (shared)
 COMPETE_WINDOW_GAIN = 2.0  # the window never exceeds this many estimated bdps while sharing
+RATE_TRIAL_ROUNDS = 16  # rounds of rate mode at the start of each spell of sharing ...
+RATE_TRIAL_LOSSY = 8  # ... kept if at least this many of them lost (the other flow ignores loss)
+LOSS_DRIVEN_MEMORY = 30.0  # seconds after a failed trial in which sharing starts on loss
+RATE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # pacing gain per base RTT, sharing
 
 
 class Phase(Enum):
@@ -107,6 +116,14 @@ class Tolerant(CongestionControl):
         self._rounds_since_cut = 0
         self._last_round_rtt = 0.0
         self._last_cut = float("-inf")
+        # rate mode while sharing: the gain cycle and the delivery-rate bound after a loss
+        self._gain_index = 0
+        self._gain_start = 0.0
+        self._rate_bound = 0.0
+        self.rate_mode = False
+        self._trial_rounds = 0
+        self._trial_lossy = 0
+        self._loss_driven_until = float("-inf")
         # bandwidth sampling
         self._bw_start = -1.0
         self._bw_bytes = 0
@@ -160,7 +177,9 @@ class Tolerant(CongestionControl):
             self._round_start = now
         elif self.min_rtt > 0 and now - self._round_start >= max(self.smoothed_rtt, 1e-3):
             self._end_round(now)
-        if self.phase == Phase.SLOW_START:
+        if self.rate_mode:
+            self._rate_window(now)
+        elif self.phase == Phase.SLOW_START:
             self.congestion_window += acked_bytes
         elif self.phase == Phase.PROBING:
             # Reno congestion avoidance: one datagram per window acknowledged; after
@@ -179,6 +198,36 @@ class Tolerant(CongestionControl):
                 step = max(step, min(self.congestion_window // PROBE_BOOST, boost))
             if step:
                 self.congestion_window += max(1, step * acked_bytes // self.congestion_window)
+
+    def _choose_sharing_mode(self, congested: bool, now: float) -> None:
+        """Each spell of sharing starts in rate mode (pace at the delivery rate, loss only
+        bounds the rate). A loss-driven flow (CUBIC) backs off, so the shared queue then
+        overflows in few rounds; a flow that ignores loss (BBR v1) keeps it overflowing in
+        most. After RATE_TRIAL_ROUNDS, with few lossy rounds the controller shares on loss
+        instead (backing off as CUBIC does, which rate mode would starve), and the spells
+        of the next LOSS_DRIVEN_MEMORY seconds start so (the other flow's losses drain the
+        queue now and then, which ends a spell)."""
+        if not self.rate_mode or self._trial_rounds >= RATE_TRIAL_ROUNDS:
+            return
+        self._trial_rounds += 1
+        self._trial_lossy += congested
+        if self._trial_rounds == RATE_TRIAL_ROUNDS and self._trial_lossy < RATE_TRIAL_LOSSY:
+            self.rate_mode = False
+            self._loss_driven_until = now + LOSS_DRIVEN_MEMORY
+            # this flow's delivery rate times the base RTT: its share of the pipe without
+            # the queue (rate mode took more than its share from a flow that yields on loss)
+            share = self.bandwidth * self.min_rtt
+            self.congestion_window = max(int(share), self.minimum_window)
+            self.ssthresh = self.congestion_window
+
+    def _rate_window(self, now: float) -> None:
+        """Sharing a queue another flow keeps full: the window is twice the estimated bdp,
+        and the pacing gain cycles once per base RTT."""
+        if self.min_rtt > 0 and now - self._gain_start >= self.min_rtt:
+            self._gain_start = now
+            self._gain_index = (self._gain_index + 1) % len(RATE_GAINS)
+        if self.bdp > 0:
+            self.congestion_window = max(int(COMPETE_WINDOW_GAIN * self.bdp), self.minimum_window)
 
     def _sample_bandwidth(self, acked_bytes: int, bytes_in_flight: int, now: float) -> None:
         if self._bw_start < 0:
@@ -234,7 +283,7 @@ class Tolerant(CongestionControl):
             self.diff = self.congestion_window * (1.0 - self.min_rtt / rtt)
         bdp = self.bdp
         high = False
-        self._check_competition(rtt)
+        self._check_competition(rtt, now)
         if bdp > 0 and self.competing:
             # another flow keeps the queue full: only losses say anything now
             self.phase = Phase.PROBING
@@ -260,10 +309,23 @@ class Tolerant(CongestionControl):
         lost_packets = self._round_lost // self.max_datagram_size
         round_loss = self._round_lost / total if total else 0.0
         if self.competing:
-            # sharing the queue with loss-driven flows: a round losing more than the path's
-            # usual random loss is congestion (the random loss itself is not)
-            if self._round_lost and round_loss > 2 * self.loss_rate + SHARED_LOSS_MARGIN:
+            # sharing the queue: a round losing more than the path's usual random loss is
+            # congestion (the random loss itself is not)
+            congested = bool(self._round_lost) and (
+                round_loss > 2 * self.loss_rate + SHARED_LOSS_MARGIN
+            )
+            self._choose_sharing_mode(congested, now)
+            duration = now - self._round_start
+            if not self.rate_mode and self._round_lost and round_loss > 2 * self.loss_rate:
+                # sharing on loss: this paced flow sees few of the shared queue's drops, so
+                # any loss above the usual rate counts
                 self._cut(now, to_bdp=False, cause="loss_shared")
+            elif not congested:
+                self._rate_bound = 0.0
+            else:
+                # no multiplicative cut: the rate is bounded by what was delivered
+                self.cuts["loss_rate_bound"] = self.cuts.get("loss_rate_bound", 0) + 1
+                self._rate_bound = self._round_acked / duration if duration > 0 else 0.0
         elif lost_packets >= BURST_LOSS_PACKETS and not self._delay_signal():
             # until a first loss-rate estimate exists (slow start on a long path) only a
             # far larger burst counts: the path's usual random loss is not known yet
@@ -281,7 +343,7 @@ class Tolerant(CongestionControl):
         beta = self._beta()
         return self.diff > beta and (self._high_rounds >= 2 or self.diff > 2 * beta)
 
-    def _check_competition(self, rtt: float) -> None:
+    def _check_competition(self, rtt: float, now: float) -> None:
         """Notice when our own back-off does not shorten the queue: it is not ours.
 
         A delay-based flow yields to a loss-based one that keeps the queue full; after
@@ -297,6 +359,9 @@ class Tolerant(CongestionControl):
                 if self._calm_rounds >= 2:
                     self.competing = False
                     self._ineffective_cuts = 0
+                    if self.rate_mode:
+                        self.rate_mode = False
+                        self.congestion_window = max(int(self.bdp), self.minimum_window)
             else:
                 self._calm_rounds = 0
             return
@@ -310,6 +375,10 @@ class Tolerant(CongestionControl):
             if self._ineffective_cuts >= COMPETE_AFTER:
                 self.competing = True
                 self._calm_rounds = 0
+                self.rate_mode = now >= self._loss_driven_until
+                self._rate_bound = 0.0
+                self._trial_rounds = 0
+                self._trial_lossy = 0
         self._last_round_rtt = rtt
 
     def _cut(self, now: float, *, to_bdp: bool, cause: str) -> None:
@@ -370,6 +439,11 @@ class Tolerant(CongestionControl):
             self.phase = Phase.PROBING
 
     def pacing_rate(self, smoothed_rtt: float) -> float:
+        if self.rate_mode and self.max_bandwidth > 0:
+            rate = RATE_GAINS[self._gain_index] * self.max_bandwidth
+            if self._rate_bound > 0:
+                rate = min(rate, max(self._rate_bound, self.bandwidth))
+            return rate
         rtt = self.min_rtt or smoothed_rtt or 0.1
         gain = PACING_GAIN_STARTUP if self.phase == Phase.SLOW_START else PACING_GAIN
         return gain * self.congestion_window / max(rtt, 1e-3)
@@ -387,4 +461,6 @@ class Tolerant(CongestionControl):
             "congestion_events": self.congestion_events,
             "cuts": dict(self.cuts),
             "competing": self.competing,
+            "rate_mode": self.rate_mode,
+            "trial_lossy": self._trial_lossy,
         }
