@@ -10,14 +10,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node import config
 from node.agent import AgentContext
 from node.identity import encode_id
 from node.transport.nat.errors import NatError
 from node.transport.nat.http import _node_id
-from node.transport.nat.service import REACH_MAX, NatService
-from node.transport.service import TransportService
+from node.transport.nat.service import REACH_MAX
 from node.web.app import make_app
+from tests.nat.inproc import nat_of, start_nat
 from tests.web.conftest import make_ctx
 
 JSON = st.recursive(
@@ -37,22 +36,7 @@ def test_node_id_field_takes_only_a_base32_id(value: Any) -> None:
 
 
 async def _node(tmp: Path, name: str) -> AgentContext:
-    ctx = make_ctx(tmp / name)
-    ctx.config = config.override(ctx.config, "network", listen="127.0.0.1:0")
-    ctx.config = config.override(ctx.config, "nat", port_mapping=False)
-    transport = TransportService(ctx)
-    ctx.services["transport"] = transport
-    await transport.start()
-    nat = NatService(ctx)
-    ctx.services["nat"] = nat
-    await nat.start()
-    return ctx
-
-
-def _nat(ctx: AgentContext) -> NatService:
-    svc = ctx.services["nat"]
-    assert isinstance(svc, NatService)
-    return svc
+    return await start_nat(make_ctx(tmp / name))
 
 
 async def test_reach_echoes_over_the_session_and_reports_the_path(tmp_path: Path) -> None:
@@ -61,14 +45,14 @@ async def test_reach_echoes_over_the_session_and_reports_the_path(tmp_path: Path
     try:
         host, port = b.urls["listen"].rsplit(":", 1)
         await endpoint.connect((host, int(port)), timeout=5)
-        result = await _nat(a).reach(b.identity.node_id, size=REACH_MAX)
+        result = await nat_of(a).reach(b.identity.node_id, size=REACH_MAX)
         assert result["path"] == "direct" and result["node_id"] == encode_id(b.identity.node_id)
         assert result["bytes"] == REACH_MAX and result["echo_s"] > 0
         with pytest.raises(NatError, match="use 1 to"):
-            await _nat(a).reach(b.identity.node_id, size=REACH_MAX + 1)
+            await nat_of(a).reach(b.identity.node_id, size=REACH_MAX + 1)
         # not connected and no overlay to look the node up in
         with pytest.raises(NatError, match="needs the overlay service"):
-            await _nat(a).reach(bytes(32))
+            await nat_of(a).reach(bytes(32))
         token = (a.data_dir / "admin.token").read_text().strip()
         auth = {"Authorization": f"Bearer {token}"}
         async with TestClient(TestServer(make_app(a))) as client:

@@ -10,32 +10,18 @@ from node import config, state
 from node.agent import AgentContext
 from node.events import EventLog
 from node.identity import Identity
-from node.transport.nat.service import NatService
-from node.transport.service import TransportService
+from tests.nat.inproc import nat_of, start_nat
 from tests.support import require_binary
 
 
 async def _node(tmp: Path, name: str, stun_servers: list[str]) -> AgentContext:
-    cfg = config.override(config.Config(), "network", listen="127.0.0.1:0")
-    cfg = config.override(cfg, "nat", stun_servers=stun_servers, port_mapping=False)
     data = tmp / name
     data.mkdir()
     ctx = AgentContext(
-        data, cfg, Identity.generate(), state.open_state(data / "state.db"), EventLog()
-    )
-    transport = TransportService(ctx)
-    ctx.services["transport"] = transport
-    await transport.start()
-    nat = NatService(ctx)
-    ctx.services["nat"] = nat
-    await nat.start()
-    return ctx
-
-
-def nat(ctx: AgentContext) -> NatService:
-    svc = ctx.services["nat"]
-    assert isinstance(svc, NatService)
-    return svc
+        data, config.Config(), Identity.generate(), state.open_state(data / "state.db"),
+        EventLog(),
+    )  # fmt: skip
+    return await start_nat(ctx, stun_servers)
 
 
 async def test_discovery_through_two_nodes_stun_servers(tmp_path: Path) -> None:
@@ -43,13 +29,13 @@ async def test_discovery_through_two_nodes_stun_servers(tmp_path: Path) -> None:
     b = await _node(tmp_path, "b", [])
     c = await _node(tmp_path, "c", [a.urls["listen"], b.urls["listen"]])
     try:
-        report = await nat(c).check()
+        report = await nat_of(c).check()
         assert report is not None
         assert report.nat_class.value == "public"
         assert report.public_address == ("127.0.0.1", int(c.urls["listen"].split(":")[1]))
-        info = nat(c).nat_info()
+        info = nat_of(c).nat_info()
         assert info["class"] == "public" and info["public_address"] == c.urls["listen"]
-        served = nat(a).status()["stun_server"]
+        served = nat_of(a).status()["stun_server"]
         assert served["answered"] >= 1
     finally:
         for ctx in (a, b, c):
@@ -80,20 +66,20 @@ async def test_connect_record_through_a_relay_then_upgraded(tmp_path: Path) -> N
     c = await _node(tmp_path, "c", [])
     b.config = config.override(b.config, "network", bootstrap=[relay.urls["listen"]])
     try:
-        await nat(b)._reserve_relays()
-        assert nat(b).relay_addresses() == [relay.urls["listen"]]
+        await nat_of(b)._reserve_relays()
+        assert nat_of(b).relay_addresses() == [relay.urls["listen"]]
         # b's record says it cannot be dialled, so c goes through the relay first
         record = sign_record(
             b.identity,
             addresses=(b.urls["listen"],),
             nat_class="symmetric",
-            relays=tuple(nat(b).relay_addresses()),
+            relays=tuple(nat_of(b).relay_addresses()),
             seq=1,
             expires=2_000_000_000,
         )
-        conn = await nat(c).connect_record(record)
+        conn = await nat_of(c).connect_record(record)
         assert conn.peer_id == b.identity.node_id
-        traversal = nat(c).traversal
+        traversal = nat_of(c).traversal
         assert traversal is not None
         for _ in range(100):
             if traversal.counters["punched"] or traversal.counters["punch_failed"]:
@@ -101,8 +87,8 @@ async def test_connect_record_through_a_relay_then_upgraded(tmp_path: Path) -> N
             await asyncio.sleep(0.1)
         assert traversal.counters["relayed"] == 1
         assert traversal.counters["punched"] == 1  # loopback: the punch always finds a path
-        assert nat(c).path_of(conn) == "direct"
-        relay_server = nat(relay).relay_server
+        assert nat_of(c).path_of(conn) == "direct"
+        relay_server = nat_of(relay).relay_server
         assert relay_server is not None and relay_server.counters["relayed_bytes"] > 0
     finally:
         for ctx in (relay, b, c):
