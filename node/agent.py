@@ -19,8 +19,10 @@ import fcntl
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +38,7 @@ from node.sdnotify import Notifier
 LOCK_FILE = "agent.lock"
 RUNTIME_FILE = "agent.json"
 STOP_TIMEOUT = 5.0
+THREADS_TIMEOUT = 4.0
 RESTART_MIN = 1.0
 RESTART_MAX = 60.0
 
@@ -200,6 +203,22 @@ class Supervisor:
             await asyncio.wait(self._tasks.values(), timeout=STOP_TIMEOUT)
 
 
+async def drain_threads(pool: ThreadPoolExecutor, timeout: float) -> bool:
+    """Wait for work already handed to ``pool`` (a cancelled ``to_thread`` keeps running in
+    its thread); True when it all finished within ``timeout``."""
+    finished = threading.Event()
+
+    def wait() -> None:
+        pool.shutdown(wait=True)
+        finished.set()
+
+    threading.Thread(target=wait, name="agent-drain", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not finished.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return finished.is_set()
+
+
 def load_config(data_dir: Path, config_path: Path | None) -> config.Config:
     return config.load(config_path or data_dir / config.CONFIG_FILE)
 
@@ -217,6 +236,11 @@ async def run_agent(
     lock.acquire()
     notifier = Notifier()
     runtime = data_dir / RUNTIME_FILE
+    # The agent's own worker threads, so that stopping can wait for the ones still using
+    # state.db before closing it (closing under a running query crashes the interpreter).
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(thread_name_prefix="agent")
+    loop.set_default_executor(pool)
     try:
         ident = identity.load(data_dir / identity.KEY_FILE)
         db, aside = state.open_or_set_aside(data_dir / state.STATE_FILE)
@@ -237,7 +261,6 @@ async def run_agent(
         sup = Supervisor(ctx)
         for svc in built:
             sup.start(svc)
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, ctx.stop.set)
         runtime.write_text(
@@ -257,8 +280,13 @@ async def run_agent(
         _log.info("agent_stopping")
         notifier.notify(stopping=1, status="stopping")
         await sup.stop()
-        db.conn.close()
+        if await drain_threads(pool, THREADS_TIMEOUT):
+            db.conn.close()
+        else:
+            _log.warning("agent_threads_busy", waited_s=THREADS_TIMEOUT)
     finally:
+        pool.shutdown(wait=False)
+        loop.set_default_executor(ThreadPoolExecutor())
         with contextlib.suppress(FileNotFoundError):
             runtime.unlink()
         lock.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import secrets
@@ -122,6 +123,8 @@ def run(
     if web is not None:
         cfg = config.override(cfg, "web", listen=web)
     nodelog.setup(cfg.node.log_level)
+    # A crash in a C extension then leaves each thread's traceback in the journal.
+    faulthandler.enable()
 
     def ready(ctx: AgentContext) -> None:
         click.echo(f"bitchat-node {__version__} running, node id {ctx.identity.node_id_text}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,52 @@ async def test_crashed_service_is_restarted_with_backoff(
     ctx.stop.set()
     await asyncio.wait_for(task, 10)
     assert not (data_dir / "agent.json").exists()
+
+
+class SlowQuery:
+    """A service whose thread is still querying state.db when the agent stops."""
+
+    name = "slow"
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+        self.started = threading.Event()
+        self.result: object = None
+
+    async def start(self) -> None:
+        pass
+
+    def _query(self) -> None:
+        self.started.set()
+        time.sleep(0.5)
+        try:
+            self.result = self.ctx.db.execute("select 42").fetchone()[0]
+        except Exception as exc:  # the test reports what happened
+            self.result = exc
+
+    async def run(self) -> None:
+        await asyncio.to_thread(self._query)
+        await asyncio.Event().wait()
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+async def test_stop_waits_for_threads_still_using_the_database(data_dir: Path) -> None:
+    seen: list[AgentContext] = []
+    task = asyncio.create_task(
+        run_agent(data_dir, config.Config(), ready=seen.append, services=[SlowQuery])
+    )
+    while not seen:
+        await asyncio.sleep(0.01)
+    slow = seen[0].services["slow"]
+    assert isinstance(slow, SlowQuery)
+    await asyncio.to_thread(slow.started.wait, 5)
+    seen[0].stop.set()
+    await asyncio.wait_for(task, 10)
+    assert slow.result == 42
+    # The caller's loop still has a working default executor afterwards.
+    assert await asyncio.to_thread(lambda: 7) == 7
 
 
 def test_sigterm_stops_within_a_few_seconds(agent: RunningAgent) -> None:
