@@ -2,13 +2,14 @@
 """``bitchat-box``: the box-side helper that the image installs and the fleet tools call.
 
 Standard library only: it runs on the box with the system Python before the agent exists.
-Releases live side by side under ``PREFIX/releases/<version>`` (each installed offline from
-``PREFIX/wheelhouse`` with ``pip install --target``); ``PREFIX/current`` and
+Releases live side by side under ``PREFIX/releases/<version>`` (installed by the image build,
+or offline from ``PREFIX/wheelhouse`` with ``pip install --target``); ``PREFIX/current`` and
 ``PREFIX/previous`` are symlinks switched atomically, so an upgrade and its rollback are one
 rename each. Settings come from the environment or ``$BITCHAT_ETC/box.env`` (KEY=VALUE lines).
 
 Commands (every one idempotent):
-  firstboot           create the agent user, interpreter venv, install and start the agent
+  firstboot           create the agent user, interpreter venv, install (unless the image holds
+                      the release) and start the agent
   add-wheel WHEEL     copy a wheel into the wheelhouse and print its version
   install VERSION     install a release from the wheelhouse (no network)
   activate VERSION    make VERSION current (the old one becomes previous) and restart
@@ -326,10 +327,24 @@ def facts(cfg: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+class _Steps:
+    """Prints how long each first-boot step took (key=value, to the journal)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def __call__(self, name: str, how: str = "") -> None:
+        now = time.monotonic()
+        extra = f" how={how}" if how else ""
+        print(f"firstboot step={name}{extra} seconds={now - self.last:.1f}", flush=True)
+        self.last = now
+
+
 def firstboot(cfg: dict[str, str]) -> None:
     """First boot: agent user, interpreter venv, release, data dir, hostname; then start."""
     prefix = Path(cfg["BITCHAT_PREFIX"])
     user = cfg["BITCHAT_USER"]
+    step = _Steps()
     if (
         user
         and shutil.which("useradd")
@@ -349,15 +364,20 @@ def firstboot(cfg: dict[str, str]) -> None:
         )
         if subprocess.run(["getent", "group", "gpio"], capture_output=True).returncode == 0:
             _run(["usermod", "-aG", "gpio", user])
+    step("user")
     venv = prefix / "venv"
     if not cfg["BITCHAT_PYTHON"] and not (venv / "bin" / "python").exists():
         without_pip = ["--without-pip"] if _pip_wheel(cfg) else []
         _run([sys.executable, "-m", "venv", *without_pip, str(venv)])
+    step("venv")
     pattern = cfg["BITCHAT_HOSTNAME"]
     if pattern:
         set_hostname(pattern)
+    step("hostname")
     version = cfg["BITCHAT_VERSION"]
+    in_image = (prefix / "releases" / version / ".installed").exists()
     install(cfg, version)
+    step("install", "in_image" if in_image else "wheelhouse")
     launcher = write_launcher(cfg)
     data_dir = Path(cfg["BITCHAT_DATA_DIR"])
     if not (data_dir / "identity.key").exists():
@@ -365,6 +385,7 @@ def firstboot(cfg: dict[str, str]) -> None:
         _run([str(launcher), "init", "--data-dir", str(data_dir)])
         if os.geteuid() == 0 and user:
             _run(["chown", "-R", f"{user}:{user}", str(data_dir)])
+    step("identity")
     # systemd starts the agent after this unit (ordering), so no restart from here.
     activate(cfg, version, restart_agent=False)
 

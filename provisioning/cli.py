@@ -88,6 +88,8 @@ def image_build(base: Path, recipe_path: Path, output: Path, wheelhouse: Path | 
     click.echo(f"sha256:     {result.sha256}")
     click.echo(f"block map:  {result.bmap}")
     click.echo(f"first boot: {result.first_boot}")
+    where = "installed in the image" if result.preinstalled else "installed on first boot"
+    click.echo(f"agent:      {where}")
     click.echo(f"built in {result.seconds:.1f} s")
 
 

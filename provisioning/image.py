@@ -6,12 +6,16 @@ here (provisioning.mbr); the FAT boot partition is edited in place with mtools
 from SOURCE_DATE_EPOCH (mtools reads it; e2fsprogs reads E2FSPROGS_FAKE_TIME) and every file
 is written in sorted order, so the same inputs give the same bytes. The result is OUT.img,
 OUT.img.sha256 and OUT.img.bmap (bmaptool's format).
+
+The agent's release is installed here, on the host, when the wheelhouse allows it (aarch64
+wheels of every dependency, a host Python of the box's version to byte-compile with): first
+boot under a slow CPU then only wires up the user and the venv. Otherwise first boot installs
+it from the wheelhouse on the image, which stays there for later upgrades either way.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.resources
 import json
 import os
@@ -23,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +51,14 @@ _FIRSTRUN_ARGS = (
     "systemd.run={boot}/firstrun.sh systemd.run_success_action=reboot "
     "systemd.unit=kernel-command-line.target"
 )
+# Platforms of the box's wheels: manylinux tags (pip also accepts the older glibc levels) and
+# linux_aarch64, the tag of wheels built on an aarch64 machine.
+_AARCH64_PLATFORMS = (
+    "manylinux2014_aarch64",
+    "manylinux_2_28_aarch64",
+    "manylinux_2_34_aarch64",
+)
+_EXTRA = re.compile(r"\bextra\s*==")
 _GROUPS = "users,adm,dialout,audio,netdev,video,plugdev,cdrom,games,input,gpio,spi,i2c,render,sudo"
 
 Progress = Callable[[str], None]
@@ -63,6 +76,8 @@ class BuildResult:
     seconds: float
     files: dict[str, list[str]] = field(default_factory=dict)
     """Injected paths: ``boot`` (FAT) and ``root`` (ext4)."""
+    preinstalled: bool = False
+    """The agent's release is installed in the image (else first boot installs it)."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +159,6 @@ def _download_deps(reqs: list[str], python_version: str, deps: Path, log: Progre
     part = deps.with_name(deps.name + ".part")
     part.mkdir(parents=True, exist_ok=True)  # pip skips files an earlier try downloaded
     log(f"downloading {len(reqs)} dependencies for aarch64 / Python {python_version}")
-    platforms = ["manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64"]
     cmd = [
         sys.executable,
         "-m",
@@ -159,7 +173,7 @@ def _download_deps(reqs: list[str], python_version: str, deps: Path, log: Progre
         "-d",
         str(part),
     ]
-    for plat in platforms:
+    for plat in _AARCH64_PLATFORMS:
         cmd += ["--platform", plat]
     for req in reqs:
         try:
@@ -193,18 +207,11 @@ def _download_deps(reqs: list[str], python_version: str, deps: Path, log: Progre
 def auto_wheelhouse(python_version: str, log: Progress, dest: Path) -> Path:
     """Fill ``dest`` with aarch64 wheels of the agent's dependencies and a fresh wheel of it.
 
-    Downloads are cached per requirement set in ~/.cache/bitchat-fleet; this project's wheel is
-    built anew each time, so an image never carries a stale agent.
+    This project's wheel is built anew each time, so an image never carries a stale agent, and
+    the dependencies are those its metadata names (not those of whatever version is installed
+    here). Downloads are cached per requirement set in ~/.cache/bitchat-fleet.
     """
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitchat-fleet"
-    reqs = [r for r in importlib.metadata.requires("bitchat-node") or [] if "extra ==" not in r]
-    key = hashlib.sha256("\n".join(sorted(reqs)).encode()).hexdigest()[:12]
-    deps = cache / f"deps-py{python_version}-aarch64-{key}"
-    if not deps.is_dir():
-        _download_deps(reqs, python_version, deps, log)
     dest.mkdir(parents=True, exist_ok=True)
-    for wheel in sorted(deps.iterdir()):
-        shutil.copy2(wheel, dest / wheel.name)
     source = Path(__file__).resolve().parent.parent
     if not (source / "pyproject.toml").is_file():
         raise ImageError(
@@ -235,7 +242,137 @@ def auto_wheelhouse(python_version: str, log: Progress, dest: Path) -> Path:
             str(snap),
         ]
         _run(cmd, {"SOURCE_DATE_EPOCH": str(source_date_epoch())}, "building the wheel")
+    agent = dest / f"bitchat_node-{wheel_version(dest)}-py3-none-any.whl"
+    reqs = [r for r in wheel_requirements(agent) if not _EXTRA.search(r)]
+    key = hashlib.sha256("\n".join(sorted(reqs)).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitchat-fleet"
+    deps = cache / f"deps-py{python_version}-aarch64-{key}"
+    if not deps.is_dir():
+        _download_deps(reqs, python_version, deps, log)
+    for wheel in sorted(deps.iterdir()):
+        shutil.copy2(wheel, dest / wheel.name)
     return dest
+
+
+# -- the release, installed on the host ------------------------------------------------------
+
+
+def box_python(python_version: str) -> str | None:
+    """A host interpreter of the box's Python version (its byte code is the box's), if any."""
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == python_version:
+        return sys.executable
+    return shutil.which(f"python{python_version}")
+
+
+def cpu_dependent_wheels(wheelhouse: Path) -> list[str]:
+    """Wheels whose requirements depend on the CPU: pip would evaluate them for the host's."""
+    # Requirements of extras are not installed (the image asks for none).
+    return [
+        wheel.name
+        for wheel in sorted(wheelhouse.glob("*.whl"))
+        if any("platform_machine" in r and not _EXTRA.search(r) for r in wheel_requirements(wheel))
+    ]
+
+
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The Requires-Dist lines of a wheel's metadata."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+            text = zf.read(meta).decode(errors="replace")
+    except (OSError, zipfile.BadZipFile, StopIteration) as exc:
+        raise ImageError(f"{wheel.name} in the wheelhouse is not a readable wheel: {exc}") from exc
+    head = text.split("\n\n", 1)[0]  # the body (long description) may quote anything
+    prefix = "Requires-Dist:"
+    return [line[len(prefix) :].strip() for line in head.splitlines() if line.startswith(prefix)]
+
+
+def preinstall(
+    wheelhouse: Path, version: str, python_version: str, dest: Path, log: Progress
+) -> Path | None:
+    """Install release ``version`` for an aarch64 box into ``dest``; None if the host cannot.
+
+    ``pip install --target`` from the wheelhouse only, choosing aarch64 wheels for CPython
+    ``python_version``, as first boot would; then every module is byte-compiled with a host
+    interpreter of that version, naming the box's paths, with unchecked-hash invalidation (a
+    release is never edited in place, and the files' times on the image say nothing).
+    """
+    python = box_python(python_version)
+    if python is None:
+        log(
+            f"no Python {python_version} on this machine to byte-compile the agent for the box; "
+            "the box installs it from the wheelhouse on first boot"
+        )
+        return None
+    if os.uname().machine != "aarch64" and (marked := cpu_dependent_wheels(wheelhouse)):
+        log(
+            f"requirements of {', '.join(marked)} depend on the CPU; the box installs the "
+            "agent from the wheelhouse on first boot"
+        )
+        return None
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-index",
+        "--no-compile",
+        "--disable-pip-version-check",
+        "--find-links",
+        str(wheelhouse),
+        "--target",
+        str(dest),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python_version,
+    ]
+    for plat in (*_AARCH64_PLATFORMS, "linux_aarch64"):
+        cmd += ["--platform", plat]
+    proc = subprocess.run([*cmd, f"bitchat-node=={version}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        log(
+            f"the agent cannot be installed on this machine ({' | '.join(detail[-2:])}); "
+            "the box installs it from the wheelhouse on first boot"
+        )
+        return None
+    # Console scripts name the host's interpreter; the box runs the agent with ``-m node``.
+    shutil.rmtree(dest / "bin", ignore_errors=True)
+    compile_cmd = [
+        python,
+        "-m",
+        "compileall",
+        "-q",
+        "-j",
+        "0",
+        "--invalidation-mode",
+        "unchecked-hash",
+        "-s",
+        str(dest),
+        "-p",
+        f"{PREFIX}/releases/{version}",
+        str(dest),
+    ]
+    _run(compile_cmd, {}, "byte-compiling the agent for the box")
+    (dest / ".installed").write_text(version + "\n")
+    return dest
+
+
+def release_files(tree: Path, version: str) -> dict[str, _File]:
+    """The files of an installed release tree, at their place on the box."""
+    files: dict[str, _File] = {}
+    for path in sorted(tree.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            if path.is_symlink():
+                raise ImageError(f"{path} in the installed release is a symlink")
+            continue
+        mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+        rel = path.relative_to(tree).as_posix()
+        files[f"{PREFIX}/releases/{version}/{rel}"] = _File(path.read_bytes(), mode)
+    return files
 
 
 # -- file contents ---------------------------------------------------------------------------
@@ -285,7 +422,8 @@ def nmconnection(recipe: Recipe) -> bytes:
 def firstboot_unit() -> bytes:
     return (
         "[Unit]\n"
-        "Description=bitchat-node first boot: install the agent from the offline wheelhouse\n"
+        "Description=bitchat-node first boot: agent user, venv, identity (agent from the "
+        "wheelhouse if not in the image)\n"
         "After=local-fs.target\n"
         "Before=bitchat-node.service\n"
         f"ConditionPathExists=!{PREFIX}/current\n\n"
@@ -332,9 +470,9 @@ elif [ "$FIRSTUSER" != "$NEW_USER" ]; then
   usermod -m -d "/home/$NEW_USER" "$NEW_USER"
   groupmod -n "$NEW_USER" "$FIRSTUSER"
 fi
-for g in {_GROUPS.replace(",", " ")}; do
-  getent group "$g" >/dev/null && usermod -aG "$g" "$NEW_USER"
-done
+# One usermod for every group the image has (each usermod takes seconds on a slow first boot).
+EXTRA_GROUPS=$(getent group {_GROUPS.replace(",", " ")} | cut -d: -f1 | paste -sd, -)
+[ -n "$EXTRA_GROUPS" ] && usermod -aG "$EXTRA_GROUPS" "$NEW_USER"
 usermod -p '*' "$NEW_USER"
 install -d -m 700 -o "$NEW_USER" -g "$NEW_USER" "/home/$NEW_USER/.ssh"
 printf '%s\\n' "$AUTHORIZED_KEYS" > "/home/$NEW_USER/.ssh/authorized_keys"
@@ -674,6 +812,10 @@ def build(
         log(f"writing {len(boot_files)} files to the boot partition ({mode})")
         fat.write(boot_files, staging)
         files = root_files(recipe, house, version)
+        log(f"installing bitchat-node {version} for aarch64 / Python {recipe.python_version}")
+        tree = preinstall(house, version, recipe.python_version, staging / "release", log)
+        if tree is not None:
+            files.update(release_files(tree, version))
         log(f"writing {len(files)} files to the root partition")
         wanted = sorted(
             {d for p in [*files, *ROOT_SYMLINKS] for d in _parents(p)} | {recipe.data_dir}
@@ -696,4 +838,5 @@ def build(
         mapped_bytes=sum(block_map.byte_span(r)[1] for r in block_map.ranges),
         seconds=time.monotonic() - started,
         files={"boot": sorted(boot_files), "root": sorted([*files, *ROOT_SYMLINKS])},
+        preinstalled=tree is not None,
     )

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import lzma
+import marshal
 import os
 import re
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import zstandard
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from provisioning import bmap, image, recipe
 from provisioning.cli import main
@@ -17,6 +23,7 @@ from provisioning.errors import ImageError
 from provisioning.mbr import SECTOR, parse_mbr
 from tests.provisioning.conftest import write_recipe
 from tests.provisioning.pi_image import BOOT_SECTORS, BOOT_START, ROOT_SECTORS
+from tests.provisioning.wheels import REPO, make_wheel
 from tests.support import require_binary
 
 ROOT_START = BOOT_START + BOOT_SECTORS
@@ -251,3 +258,96 @@ def test_cli_reports_recipe_errors(tmp_path: Path, base_image: Path) -> None:
     )
     assert result.exit_code == 1
     assert "agent.enrolment_token: unknown key" in result.output
+
+
+def _pyc(root: Path, path: str) -> tuple[int, str]:
+    """(flags, source file named in its code) of a .pyc in the ext4 image."""
+    data = _ext4(root, f'cat "{path}"')
+    assert data[:4] == importlib.util.MAGIC_NUMBER, path
+    return int.from_bytes(data[4:8], "little"), marshal.loads(data[16:]).co_filename
+
+
+def test_release_is_installed_in_the_image_and_byte_compiled_for_the_box(
+    tmp_path: Path, base_image: Path, operator_key: Path, wheelhouse: Path
+) -> None:
+    rec = recipe.load(write_recipe(tmp_path / "r.toml", operator_key, wheelhouse))
+    messages: list[str] = []
+    result = image.build(base_image, rec, tmp_path / "box.img", log=messages.append)
+    assert result.preinstalled, messages
+    _, root = _check_filesystems(tmp_path / "box.img", tmp_path)
+    release = "/opt/bitchat-node/releases/0.1.0"
+    assert _ext4(root, f'cat "{release}/.installed"') == b"0.1.0\n"
+    assert (
+        _ext4(root, f'cat "{release}/node/__init__.py"')
+        == (REPO / "node" / "__init__.py").read_bytes()
+    )
+    assert _stat(root, f"{release}/node/cli.py") == (0o644, 0, 0)
+    # Hash-checked only by the interpreter's choice (unchecked): the image's file times do not
+    # matter, and tracebacks name the files where they are on the box.
+    tag = sys.implementation.cache_tag
+    flags, source = _pyc(root, f"{release}/node/__pycache__/cli.{tag}.pyc")
+    assert flags == 0b01
+    assert source == f"{release}/node/cli.py"
+    # The wheelhouse stays on the image for upgrades; no console scripts naming this machine.
+    assert b"bitchat_node-0.1.0-py3-none-any.whl" in _ext4(
+        root, 'ls "/opt/bitchat-node/wheelhouse"'
+    )
+    assert b"bitchat-node" not in _ext4(root, f'ls "{release}"').replace(b"bitchat_node", b"")
+    assert "current" not in _ext4(root, 'ls "/opt/bitchat-node"').decode().split()
+
+
+def test_release_needing_a_source_only_dependency_is_installed_on_first_boot(
+    tmp_path: Path, base_image: Path, operator_key: Path
+) -> None:
+    house = tmp_path / "house"
+    make_wheel("0.1.0", house, requires=("zfec>=1.5",))
+    (house / "zfec-1.6.0.0.tar.gz").write_bytes(b"\x1f\x8b sdist stand-in bytes")
+    rec = recipe.load(write_recipe(tmp_path / "r.toml", operator_key, house))
+    messages: list[str] = []
+    result = image.build(base_image, rec, tmp_path / "box.img", log=messages.append)
+    assert not result.preinstalled
+    assert any("zfec" in m and "on first boot" in m for m in messages), messages
+    _, root = _check_filesystems(tmp_path / "box.img", tmp_path)
+    listing = _ext4(root, 'ls "/opt/bitchat-node"').decode().split()
+    assert "wheelhouse" in listing and "releases" not in listing
+    assert b"zfec-1.6.0.0.tar.gz" in _ext4(root, 'ls "/opt/bitchat-node/wheelhouse"')
+
+
+def test_no_host_python_of_the_box_version_leaves_the_install_to_first_boot(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    messages: list[str] = []
+    assert image.preinstall(wheelhouse, "0.1.0", "3.99", tmp_path / "r", messages.append) is None
+    assert messages and "Python 3.99" in messages[0] and "first boot" in messages[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_cpu_dependent_requirements_are_found(tmp_path: Path) -> None:
+    make_wheel(
+        "0.1.0",
+        tmp_path,
+        requires=(
+            "click>=8",
+            "rpi-lgpio>=0.6; extra == 'pi' and platform_machine == 'aarch64'",
+        ),
+    )
+    assert image.cpu_dependent_wheels(tmp_path) == []
+    assert image.wheel_requirements(tmp_path / "bitchat_node-0.1.0-py3-none-any.whl") == [
+        "click>=8",
+        "rpi-lgpio>=0.6; extra == 'pi' and platform_machine == 'aarch64'",
+    ]
+    make_wheel("0.2.0", tmp_path, requires=("fastcrc; platform_machine == 'x86_64'",))
+    assert image.cpu_dependent_wheels(tmp_path) == ["bitchat_node-0.2.0-py3-none-any.whl"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.binary(max_size=512))
+def test_unreadable_wheels_are_refused_clearly(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "broken-1.0-py3-none-any.whl").write_bytes(data)
+        try:
+            found = image.cpu_dependent_wheels(Path(tmp))
+        except ImageError as exc:
+            assert "broken-1.0-py3-none-any.whl in the wheelhouse" in str(exc)
+        else:
+            assert found == []

@@ -19,8 +19,9 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
-def make_wheel(version: str, dest_dir: Path) -> Path:
-    """A py3-none-any wheel of the node and provisioning packages, reporting ``version``."""
+def make_wheel(version: str, dest_dir: Path, requires: tuple[str, ...] = ()) -> Path:
+    """A py3-none-any wheel of the node and provisioning packages, reporting ``version``;
+    ``requires`` are its Requires-Dist lines."""
     dist_info = f"bitchat_node-{version}.dist-info"
     files: dict[str, bytes] = {}
     for pkg in ("node", "provisioning"):
@@ -33,6 +34,7 @@ def make_wheel(version: str, dest_dir: Path) -> Path:
     ).encode()
     files[f"{dist_info}/METADATA"] = (
         f"Metadata-Version: 2.1\nName: bitchat-node\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires)
     ).encode()
     files[f"{dist_info}/WHEEL"] = (
         b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
