@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import statistics
@@ -81,7 +82,11 @@ def hashing_rate(payloads: list[bytes]) -> float:
 
 
 def bench_ingest_and_read(root: Path, n: int, repeat: int) -> tuple[Provider, list[bytes]]:
-    """Store vs dd, alternating ``repeat`` times on the same filesystem; medians printed.
+    """Store vs dd on the same filesystem, ``repeat`` rounds; medians printed.
+
+    Each round runs the store and its ``dd`` reference back to back (the order swapped every
+    round) and the ratio is the median of the rounds' own ratios: on a shared machine the
+    disk's speed drifts between rounds far more than within one.
 
     Three ``dd`` references write the same bytes in 4 MiB blocks: ``oflag=dsync`` (one file,
     each block synced: one sync per chunk, as the store; the target's reference),
@@ -99,34 +104,50 @@ def bench_ingest_and_read(root: Path, n: int, repeat: int) -> tuple[Provider, li
     refs: dict[str, list[float]] = {"dsync": [], "files": [], "one": []}
     hashing: list[float] = []
     ids: list[bytes] = []
-    for _ in range(repeat):
-        payloads = [os.urandom(CHUNK) for _ in range(n)]
+    ratios: list[float] = []
+
+    def store_run(payloads: list[bytes]) -> None:
         t = time.perf_counter()
-        ids += [prov.store.put(p) for p in payloads]
+        ids.extend(prov.store.put(p) for p in payloads)
         ours_w.append(n * CHUNK / (time.perf_counter() - t) / MIB)
+
+    def dsync_run() -> None:
+        out.unlink(missing_ok=True)
+        dsync = ["if=/dev/zero", f"of={out}", "bs=4M", f"count={n}", "oflag=dsync"]
+        refs["dsync"].append(n * CHUNK / dd(dsync) / MIB)
+
+    for rnd in range(repeat):
+        payloads = [os.urandom(CHUNK) for _ in range(n)]
+        pair = (functools.partial(store_run, payloads), dsync_run)
+        for run in pair if rnd % 2 == 0 else pair[::-1]:
+            run()
+        ratios.append(ours_w[-1] / refs["dsync"][-1])
         hashing.append(hashing_rate(payloads))
         payloads = [os.urandom(CHUNK) for _ in range(n)]
         with ThreadPoolExecutor(UPLOADS) as pool:
             t = time.perf_counter()
             ids += list(pool.map(prov.store.put, payloads))
             ours_c.append(n * CHUNK / (time.perf_counter() - t) / MIB)
-        out.unlink(missing_ok=True)
-        dsync = ["if=/dev/zero", f"of={out}", "bs=4M", f"count={n}", "oflag=dsync"]
-        refs["dsync"].append(n * CHUNK / dd(dsync) / MIB)
         files = [dd_dir / f"{i}" for i in range(n)]
         for f in files:
             f.unlink(missing_ok=True)
         one = ["if=/dev/zero", "of={path}", "bs=4M", "count=1", "conv=fsync"]
         refs["files"].append(n * CHUNK / dd_files(files, one) / MIB)
-        out.unlink()
+        one_file = root / "dd.one"
+        one_file.unlink(missing_ok=True)
         refs["one"].append(
-            n * CHUNK / dd(["if=/dev/zero", f"of={out}", "bs=4M", f"count={n}", "conv=fsync"]) / MIB
+            n
+            * CHUNK
+            / dd(["if=/dev/zero", f"of={one_file}", "bs=4M", f"count={n}", "conv=fsync"])
+            / MIB
         )
+        one_file.unlink()
     ours, ref = statistics.median(ours_w), statistics.median(refs["dsync"])
     print(
         f"ingest (4 MiB chunks, fsync each, with tree cache)  store {ours:8.1f} MiB/s   "
-        f"dd oflag=dsync {ref:8.1f} MiB/s   ratio {ours / ref:6.1%}   (target >= 80 %; "
-        f"median of {repeat}: store {_runs(ours_w)}, dd {_runs(refs['dsync'])})"
+        f"dd oflag=dsync {ref:8.1f} MiB/s   ratio {statistics.median(ratios):6.1%}   "
+        f"(target >= 80 %; {repeat} rounds: store {_runs(ours_w)}, dd {_runs(refs['dsync'])}, "
+        f"ratios {_pcts(ratios)})"
     )
     for key, label in (
         ("files", "dd count=1 conv=fsync per file"),
@@ -150,17 +171,25 @@ def bench_ingest_and_read(root: Path, n: int, repeat: int) -> tuple[Provider, li
     # The dd file holds as many bytes as one read pass over n chunks.
     batch = ids[-n:]
     many, one_r, verified, ref_r, ref_files = [], [], [], [], []
+    read_ratios: list[float] = []
     paths = [prov.store.path_of(cid) for cid in batch]
     cold = True
-    for _ in range(repeat):
-        cold = drop_caches()
+
+    def streamed() -> None:
         t = time.perf_counter()
         for cid in batch:
             for _piece in prov.store.stream(cid):
                 pass
         many.append(n * CHUNK / (time.perf_counter() - t) / MIB)
-        drop_caches()
+
+    def dd_read() -> None:
         ref_r.append(n * CHUNK / dd([f"if={out}", "of=/dev/null", "bs=4M"]) / MIB)
+
+    for rnd in range(repeat):
+        for run in (streamed, dd_read) if rnd % 2 == 0 else (dd_read, streamed):
+            cold = drop_caches()
+            run()
+        read_ratios.append(many[-1] / ref_r[-1])
         drop_caches()
         ref_files.append(n * CHUNK / dd_files(paths, ["if={path}", "of=/dev/null", "bs=4M"]) / MIB)
         drop_caches()
@@ -177,7 +206,8 @@ def bench_ingest_and_read(root: Path, n: int, repeat: int) -> tuple[Provider, li
     m, r = statistics.median(many), statistics.median(ref_r)
     print(
         f"read ({note}), streamed (scrub, rebuild)   store {m:8.1f} MiB/s   dd {r:8.1f} MiB/s"
-        f"   ratio {m / r:6.1%}   (target >= 90 %; store {_runs(many)}, dd {_runs(ref_r)})"
+        f"   ratio {statistics.median(read_ratios):6.1%}   (target >= 90 %; store {_runs(many)}, "
+        f"dd {_runs(ref_r)}, ratios {_pcts(read_ratios)})"
     )
     o, v = statistics.median(one_r), statistics.median(verified)
     print(
@@ -201,6 +231,10 @@ def bench_ingest_and_read(root: Path, n: int, repeat: int) -> tuple[Provider, li
     )
     out.unlink()
     return prov, ids
+
+
+def _pcts(values: list[float]) -> str:
+    return "/".join(f"{v:.0%}" for v in values)
 
 
 def _runs(values: list[float]) -> str:
@@ -360,7 +394,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=64, help="4 MiB chunks for ingest/read/scrub.")
     ap.add_argument("--audits", type=int, default=300)
     ap.add_argument(
-        "--repeat", type=int, default=3, help="Store/dd runs, alternated; medians printed."
+        "--repeat", type=int, default=5, help="Store/dd rounds, alternated; medians printed."
     )
     ap.add_argument(
         "--only",

@@ -37,6 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from nacl._sodium import ffi as _ffi  # type: ignore[import-not-found]
+from nacl._sodium import lib as _lib
+
 from node import fsutil
 from node.storage_agent import merkle
 from node.storage_agent.contracts import MAX_CHUNK
@@ -58,8 +61,44 @@ class DiskProblem(StorageError):
     """The data disk is missing, swapped or unwritable."""
 
 
-def chunk_id(data: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(data, digest_size=ID_LEN).digest()
+# Chunk ids are hashed by libsodium's BLAKE2b (vectorised: about 1.4x hashlib's rate here,
+# and it runs without the GIL, so uploads and reads hash on both cores).
+_STATE_BYTES = _lib.crypto_generichash_statebytes()
+_NULL = _ffi.NULL
+
+
+def chunk_id(data: bytes | bytearray | memoryview) -> bytes:
+    """BLAKE2b-256 of a chunk's bytes: its id."""
+    out = _ffi.new("unsigned char[]", ID_LEN)
+    buf = _ffi.from_buffer(data)
+    _lib.crypto_generichash_blake2b_salt_personal(
+        out, ID_LEN, buf, len(buf), _NULL, 0, _NULL, _NULL
+    )
+    return bytes(_ffi.buffer(out, ID_LEN))
+
+
+class ChunkHasher:
+    """:func:`chunk_id` of bytes that arrive in pieces."""
+
+    __slots__ = ("_keep", "_state")
+
+    def __init__(self) -> None:
+        # libsodium declares its state 64-byte aligned; cffi's allocations are not.
+        self._keep = _ffi.new("unsigned char[]", _STATE_BYTES + 64)
+        offset = -int(_ffi.cast("uintptr_t", self._keep)) % 64
+        self._state = self._keep + offset
+        _lib.crypto_generichash_blake2b_init_salt_personal(
+            self._state, _NULL, 0, ID_LEN, _NULL, _NULL
+        )
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        buf = _ffi.from_buffer(data)
+        _lib.crypto_generichash_blake2b_update(self._state, buf, len(buf))
+
+    def digest(self) -> bytes:
+        out = _ffi.new("unsigned char[]", ID_LEN)
+        _lib.crypto_generichash_blake2b_final(self._state, out, ID_LEN)
+        return bytes(_ffi.buffer(out, ID_LEN))
 
 
 def parse_id(text: str) -> bytes:
@@ -126,11 +165,18 @@ def decode_tree(cid: bytes, size: int, raw: bytes) -> list[bytes]:
     ]
 
 
+def _read_ahead(fd: int) -> None:
+    """Ask the kernel for the whole file at once: one large read instead of a read-ahead
+    window that starts small again for every chunk file."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+
+
 def _read_fd(fd: int) -> bytes:
     """The whole file: one buffer of its size, filled by the kernel (no further copies)."""
     size = os.fstat(fd).st_size
-    with contextlib.suppress(OSError, AttributeError):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    _read_ahead(fd)
     data = os.read(fd, size)
     if len(data) == size:
         return data
@@ -315,8 +361,7 @@ class ChunkStore:
         """
         fd = self._open(cid)
         try:
-            with contextlib.suppress(OSError, AttributeError):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            _read_ahead(fd)
             buf = bytearray(READ_PIECE)
             view = memoryview(buf)
             while n := os.readv(fd, [buf]):
@@ -329,7 +374,7 @@ class ChunkStore:
     def verify(self, cid: bytes, *, leaves: bool = False) -> tuple[bool, int, list[bytes] | None]:
         """``(sound, size, leaf hashes)`` of a stored chunk, streamed: sound when its bytes
         hash to ``cid``; the leaf hashes are computed on the way when ``leaves`` is set."""
-        h = hashlib.blake2b(digest_size=ID_LEN)
+        h = ChunkHasher()
         out: list[bytes] | None = [] if leaves else None
         carry = b""
         size = 0

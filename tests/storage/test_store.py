@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from node.storage_agent import index, merkle
 from node.storage_agent.errors import ChunkCorrupt, ChunkMissing, ProofError
 from node.storage_agent.store import (
     READ_PIECE,
+    ChunkHasher,
     ChunkStore,
     DiskProblem,
     chunk_id,
@@ -30,6 +33,17 @@ def make(root: Path) -> ChunkStore:
     store = ChunkStore(root, NODE.node_id_text)
     store.initialise(expect_existing=False)
     return store
+
+
+@given(st.binary(max_size=20_000), st.lists(st.integers(0, 20_000), max_size=6))
+def test_chunk_id_is_blake2b_256_however_the_bytes_arrive(data: bytes, cuts: list[int]) -> None:
+    want = hashlib.blake2b(data, digest_size=32).digest()
+    assert chunk_id(data) == chunk_id(bytearray(data)) == chunk_id(memoryview(data)) == want
+    h = ChunkHasher()
+    edges = [0, *sorted(c for c in cuts if c <= len(data)), len(data)]
+    for a, b in itertools.pairwise(edges):
+        h.update(memoryview(data)[a:b])
+    assert h.digest() == want
 
 
 def test_put_read_layout(tmp_path: Path) -> None:
