@@ -27,11 +27,10 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +202,8 @@ def rollback(cfg: dict[str, str]) -> str:
 
 
 def _get(url: str) -> Any:
+    import urllib.request  # only health and facts need it: first boot does not import it
+
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.load(resp)
 
@@ -242,7 +243,7 @@ def health(cfg: dict[str, str], version: str, timeout: float) -> str:
                 if got == version:
                     return ""
                 problem = f"agent answers version {got!r}, expected {version!r}"
-            except (OSError, ValueError, urllib.error.URLError) as exc:
+            except (OSError, ValueError) as exc:  # URLError is an OSError
                 problem = f"/api/status failed: {exc}"
         if time.monotonic() >= deadline:
             return problem
@@ -322,7 +323,7 @@ def facts(cfg: dict[str, str]) -> dict[str, Any]:
         for path in ("/api/status", "/api/earnings", "/api/hardware", "/api/storage"):
             try:
                 out["api"][path] = _get(base + path)
-            except (OSError, ValueError, urllib.error.URLError):
+            except (OSError, ValueError):
                 continue
     return out
 
@@ -400,10 +401,13 @@ def set_hostname(pattern: str) -> str:
             continue
     name = pattern.replace("{serial}", (serial[-6:] or "000000").lower())
     if os.uname().nodename != name:
-        if shutil.which("hostnamectl"):
-            _run(["hostnamectl", "set-hostname", name])
-        else:
-            Path("/etc/hostname").write_text(name + "\n")
+        # What hostnamectl does, without starting systemd-hostnamed (seconds on a slow first
+        # boot): the static name in /etc/hostname, the kernel's name now.
+        tmp = Path("/etc/.hostname.tmp")
+        tmp.write_text(name + "\n")
+        tmp.chmod(0o644)
+        tmp.replace("/etc/hostname")
+        socket.sethostname(name)
         set_hosts_entry(name)
     return name
 

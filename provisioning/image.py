@@ -481,7 +481,8 @@ chmod 600 "/home/$NEW_USER/.ssh/authorized_keys"
 echo "$NEW_USER ALL=(ALL) NOPASSWD: ALL" > /etc/sudoers.d/010_bitchat-nopasswd
 chmod 440 /etc/sudoers.d/010_bitchat-nopasswd
 sed -i 's/^#\\?PasswordAuthentication.*/PasswordAuthentication no/' /etc/ssh/sshd_config
-systemctl enable ssh
+# Enabling syncs the SysV script too (a minute under emulation): only when it is needed.
+systemctl -q is-enabled ssh || systemctl enable ssh
 if [ -x /usr/lib/raspberrypi-sys-mods/imager_custom ]; then
   /usr/lib/raspberrypi-sys-mods/imager_custom set_timezone {q(recipe.timezone)}
   /usr/lib/raspberrypi-sys-mods/imager_custom set_keymap {q(recipe.keyboard)}
@@ -563,6 +564,7 @@ def root_files(recipe: Recipe, wheelhouse: Path, version: str) -> dict[str, _Fil
             }
         )
     )
+    files[f"{PREFIX}/venv/pyvenv.cfg"] = _File(venv_config(recipe.python_version))
     files[f"{ETC}/enrollment.token"] = _File(recipe.enrollment_token.encode() + b"\n", 0o600)
     files["/etc/systemd/system/bitchat-node.service"] = _File(agent_unit())
     files["/etc/systemd/system/bitchat-node.service.d/10-image.conf"] = _File(agent_dropin(recipe))
@@ -574,6 +576,29 @@ def root_files(recipe: Recipe, wheelhouse: Path, version: str) -> dict[str, _Fil
             nmconnection(recipe), 0o600
         )
     return files
+
+
+def venv_config(python_version: str) -> bytes:
+    """pyvenv.cfg of the agent's venv (the box's system Python, without its packages).
+
+    With VENV_SYMLINKS this is all ``python3 -m venv --without-pip`` makes that the agent uses;
+    written here, first boot does not run it.
+    """
+    return (
+        "home = /usr/bin\n"
+        "include-system-site-packages = false\n"
+        f"version = {python_version}\n"
+        f"executable = /usr/bin/python{python_version}\n"
+    ).encode()
+
+
+def venv_symlinks(python_version: str) -> dict[str, str]:
+    return {
+        f"{PREFIX}/venv/bin/python3": "/usr/bin/python3",
+        f"{PREFIX}/venv/bin/python": "python3",
+        f"{PREFIX}/venv/bin/python{python_version}": "python3",
+        f"{PREFIX}/venv/lib64": "lib",
+    }
 
 
 ROOT_SYMLINKS = {
@@ -817,11 +842,10 @@ def build(
         if tree is not None:
             files.update(release_files(tree, version))
         log(f"writing {len(files)} files to the root partition")
-        wanted = sorted(
-            {d for p in [*files, *ROOT_SYMLINKS] for d in _parents(p)} | {recipe.data_dir}
-        )
+        links = {**ROOT_SYMLINKS, **venv_symlinks(recipe.python_version)}
+        wanted = sorted({d for p in [*files, *links] for d in _parents(p)} | {recipe.data_dir})
         existing = existing_dirs(part, root.offset, wanted, staging)
-        script = debugfs_script(files, staging, ROOT_SYMLINKS, {recipe.data_dir}, existing)
+        script = debugfs_script(files, staging, links, {recipe.data_dir}, existing)
         run_debugfs(part, root.offset, script, staging, epoch)
     log("hashing and mapping")
     block_map, digest = bmapmod.create_with_digest(part)
@@ -837,6 +861,6 @@ def build(
         size=size,
         mapped_bytes=sum(block_map.byte_span(r)[1] for r in block_map.ranges),
         seconds=time.monotonic() - started,
-        files={"boot": sorted(boot_files), "root": sorted([*files, *ROOT_SYMLINKS])},
+        files={"boot": sorted(boot_files), "root": sorted([*files, *links])},
         preinstalled=tree is not None,
     )

@@ -294,6 +294,11 @@ def test_release_is_installed_in_the_image_and_byte_compiled_for_the_box(
     )
     assert b"bitchat-node" not in _ext4(root, f'ls "{release}"').replace(b"bitchat_node", b"")
     assert "current" not in _ext4(root, 'ls "/opt/bitchat-node"').decode().split()
+    # The venv first boot would make, made here: the system Python without its packages.
+    cfg = _ext4(root, 'cat "/opt/bitchat-node/venv/pyvenv.cfg"').decode()
+    assert "home = /usr/bin\n" in cfg and "include-system-site-packages = false\n" in cfg
+    for link, target in image.venv_symlinks("3.11").items():
+        assert f'Fast link dest: "{target}"' in _ext4(root, f'stat "{link}"').decode(), link
 
 
 def test_release_needing_a_source_only_dependency_is_installed_on_first_boot(
