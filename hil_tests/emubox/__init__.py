@@ -187,6 +187,8 @@ class EmulatedBox:
     forwards: dict[int, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     boots: int = 0
+    started: list[float] = field(default_factory=list)
+    """time.monotonic() of every power-on (QEMU start), the first boot's reboot included."""
     data_disks: dict[str, Path] = field(default_factory=dict)
     """Disks plugged in (by node name); they stay plugged across power cuts and reboots."""
 
@@ -250,6 +252,7 @@ class EmulatedBox:
                 stderr=err, start_new_session=True,
             )  # fmt: skip
         self.boots += 1
+        self.started.append(time.monotonic())
 
     def poll(self) -> None:
         """Restart QEMU when the guest rebooted (exit 0); raise when QEMU failed."""
