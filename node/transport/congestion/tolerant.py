@@ -12,13 +12,13 @@ smallest sample is the one a queue shows in), and compares it with fractions of 
 bandwidth-delay product estimated Westwood-style (``bw`` from the rate of acknowledged bytes,
 sampled about once per round trip; the largest of the last twenty samples, since random loss
 biases a low-pass filtered rate downwards; times ``min_rtt``), each capped at a standing
-queue of QUEUE_TARGET (5 ms) so long paths keep short queues too:
+queue of QUEUE_TARGET (3 ms) so long paths keep short queues too:
 
-    diff < alpha = min(ALPHA * bdp, bw * 2.5 ms)    probe: slow start doubles, congestion
+    diff < alpha = min(ALPHA * bdp, bw * 1.5 ms)    probe: slow start doubles, congestion
                                 avoidance adds one datagram per round (Reno); after rounds
                                 with no queue, up to alpha per round
     alpha..beta                 saturated: hold the window; probe again after a few rounds
-    diff > beta = min(BETA * bdp, bw * 5 ms), two rounds running
+    diff > beta = min(BETA * bdp, bw * 3 ms), two rounds running
                                 early congestion: drain this flow's queue, not below the bdp
 
 Losses are classified: with a queue confirmed over two rounds a loss is congestion and the
@@ -28,15 +28,21 @@ A round whose loss rate is far above that estimate is congestion on a path too s
 build a queue, and backs off by a factor that is gentler the higher the usual random loss
 rate is, never below the Westwood estimate times ``min_rtt``. Random loss at the usual rate
 does not touch the window; neither does a timeout without a queue (the window restarts from
-the estimate). When cuts repeatedly fail to shorten the queue, another flow keeps it full:
-the controller then shares until the queue is gone. Each spell of sharing starts in rate
-mode, as BBR does: pacing at the Westwood maximum times a gain cycled per base RTT (1.25,
-0.75, then 1), the window twice the estimated bdp, a loss round only bounding the rate by
-what that round delivered. If few of its first rounds lost (the other flow yields on loss,
-as CUBIC does, and rate mode would starve it), the controller competes on loss instead as
-CUBIC does in its TCP-friendly region (one datagram per round, x0.7 per loss round, at most
-two bdps), from its delivery rate times ``min_rtt``. Otherwise sending is paced at a gain
-over ``cwnd / min_rtt``.
+the estimate). Loss-rate samples during which a queue above beta or a cut showed are left
+out: they measure congestion, not the path.
+
+When cuts repeatedly fail to shorten the queue, another flow keeps it full: the controller
+then shares until the queue is gone. Each spell of sharing starts in rate mode, as BBR v1
+does: pacing at the Westwood maximum times a gain cycled per base RTT (1.25, 0.75, then 1),
+loss changing neither rate nor window. With the queue full, the window decides the share:
+twice the estimated bdp (BBR's) while this flow delivers between FAIR_SHARE and FAIR_SHARE +
+SHARE_MARGIN of the link rate (the largest delivery rate of the last 30 s), more below, less
+above. If few of its first rounds lost (the other flow yields on loss, as CUBIC does, and
+rate mode would starve it), the controller competes on loss instead as CUBIC does in its
+TCP-friendly region (one datagram per round, at most two bdps, x0.7 per loss round, x0.85
+per overflow of the shared queue: the round RTT back at the top after the other flow's
+back-off had lowered it), from its delivery rate times ``min_rtt``.
+Otherwise sending is paced at a gain over ``cwnd / min_rtt``.
 """
 
 from __future__ import annotations
@@ -67,16 +73,38 @@ PROBE_BOOST_LONG = 32  # ... at least, when that is more than the grow threshold
 BURST_LOSS_MARGIN = 0.05  # a round's loss rate this far above the usual one is congestion
 BURST_LOSS_PACKETS = 4  # ... provided the round lost at least this many packets
 UNKNOWN_LOSS_MARGIN = 0.15  # the margin before the first loss-rate estimate
-QUEUE_TARGET = 0.005  # seconds of standing queue the window is cut above (half: grows below)
+QUEUE_TARGET = 0.003  # seconds of standing queue the window is cut above (half: grows below)
 DELAY_FLOOR = 0.001  # seconds of RTT variation never taken for a queue (scheduling, timers)
 COMPETE_BACKOFF = 0.7  # multiplicative decrease on loss while sharing a queue with others
 COMPETE_PROBE = 1  # ... and growth: datagrams per round
 SHARED_LOSS_MARGIN = 0.01  # round loss above twice the usual rate plus this: congestion (shared)
 COMPETE_WINDOW_GAIN = 2.0  # the window never exceeds this many estimated bdps while sharing
-RATE_TRIAL_ROUNDS = 16  # rounds of rate mode at the start of each spell of sharing ...
-RATE_TRIAL_LOSSY = 8  # ... kept if at least this many of them lost (the other flow ignores loss)
+RATE_WINDOW_GAIN = 2.0  # the window in rate mode, in estimated bdps (as BBR's) ...
+RATE_WINDOW_GAIN_UP = 2.25  # ... while delivering less than FAIR_SHARE of the link rate
+RATE_WINDOW_GAIN_DOWN = 1.75  # ... while delivering more than FAIR_SHARE + SHARE_MARGIN
+FAIR_SHARE = 0.5  # of the link rate: a fair share against one other flow
+SHARE_MARGIN = 0.1
+OVERFLOW_BACKOFF = 0.85  # ... and on an overflow without loss (weaker evidence)
+MAX_RTT_WINDOW = 10.0  # seconds the shared queue's top (largest round RTT) is taken over
+LINK_RATE_WINDOW = 30.0  # seconds the link rate is the largest delivery rate over
+RATE_TRIAL_ROUNDS = 24  # rounds of rate mode at the start of each spell of sharing ...
+RATE_TRIAL_LOSSY = 14  # ... kept if at least this many of them lost (the other flow ignores loss)
 LOSS_DRIVEN_MEMORY = 30.0  # seconds after a failed trial in which sharing starts on loss
 RATE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # pacing gain per base RTT, sharing
+
+
+def _windowed(
+    window: deque[tuple[float, float]], now: float, value: float, seconds: float, *, largest: bool
+) -> float:
+    """Add ``value`` at ``now`` to ``window`` and return the largest (or smallest) value of
+    the last ``seconds``. A monotonic deque: an older value that a newer one beats can
+    never be the extreme again, so it is dropped."""
+    while window and (window[-1][1] <= value if largest else window[-1][1] >= value):
+        window.pop()
+    window.append((now, value))
+    while now - window[0][0] > seconds:
+        window.popleft()
+    return window[0][1]
 
 
 class Phase(Enum):
@@ -100,6 +128,7 @@ class Tolerant(CongestionControl):
         self.congestion_events = 0
         self.cuts: dict[str, int] = {}  # back-offs by cause
         self.random_losses = 0
+        self.shared_loss_rounds = 0  # rounds lost in rate mode (no back-off)
         # round state
         self._round_start = -1.0
         self._round_samples: list[float] = []
@@ -115,11 +144,12 @@ class Tolerant(CongestionControl):
         self._rtt_at_cut = 0.0
         self._rounds_since_cut = 0
         self._last_round_rtt = 0.0
+        self._max_rtts: deque[tuple[float, float]] = deque()  # (time, round RTT), decreasing
+        self._overflow_armed = False
         self._last_cut = float("-inf")
-        # rate mode while sharing: the gain cycle and the delivery-rate bound after a loss
+        # rate mode while sharing: the gain cycle
         self._gain_index = 0
         self._gain_start = 0.0
-        self._rate_bound = 0.0
         self.rate_mode = False
         self._trial_rounds = 0
         self._trial_lossy = 0
@@ -129,6 +159,8 @@ class Tolerant(CongestionControl):
         self._bw_bytes = 0
         self._bw_samples: deque[float] = deque(maxlen=BW_WINDOW)
         self.max_bandwidth = 0.0
+        self._link_rates: deque[tuple[float, float]] = deque()  # (time, rate), decreasing
+        self.link_bandwidth = 0.0
         # loss-rate sampling
         self._sample_acks = 0
         self._sample_acked_bytes = 0
@@ -136,6 +168,7 @@ class Tolerant(CongestionControl):
         self._loss_estimated = False
         self._loss_average = 0.0  # exponentially weighted, started from zero ...
         self._loss_weight = 0.0  # ... and the weight its samples have in it so far
+        self._sample_queued = False  # a queue or a cut showed during the current sample
 
     @property
     def bdp(self) -> float:
@@ -200,8 +233,8 @@ class Tolerant(CongestionControl):
                 self.congestion_window += max(1, step * acked_bytes // self.congestion_window)
 
     def _choose_sharing_mode(self, congested: bool, now: float) -> None:
-        """Each spell of sharing starts in rate mode (pace at the delivery rate, loss only
-        bounds the rate). A loss-driven flow (CUBIC) backs off, so the shared queue then
+        """Each spell of sharing starts in rate mode (pace at the delivery rate, loss
+        ignored). A loss-driven flow (CUBIC) backs off, so the shared queue then
         overflows in few rounds; a flow that ignores loss (BBR v1) keeps it overflowing in
         most. After RATE_TRIAL_ROUNDS, with few lossy rounds the controller shares on loss
         instead (backing off as CUBIC does, which rate mode would starve), and the spells
@@ -221,13 +254,22 @@ class Tolerant(CongestionControl):
             self.ssthresh = self.congestion_window
 
     def _rate_window(self, now: float) -> None:
-        """Sharing a queue another flow keeps full: the window is twice the estimated bdp,
-        and the pacing gain cycles once per base RTT."""
+        """Sharing a queue another flow keeps full: the pacing gain cycles once per base RTT,
+        and the window, about twice the estimated bdp, steers this flow's share: in a full
+        drop-tail queue each flow gets the link in proportion to what it keeps in flight,
+        and twice the bdp each is a balance that drifts (in the lab, towards BBR: 37-46 %
+        for this flow). Below a fair share of the link rate the window is larger, above it
+        smaller."""
         if self.min_rtt > 0 and now - self._gain_start >= self.min_rtt:
             self._gain_start = now
             self._gain_index = (self._gain_index + 1) % len(RATE_GAINS)
         if self.bdp > 0:
-            self.congestion_window = max(int(COMPETE_WINDOW_GAIN * self.bdp), self.minimum_window)
+            gain = RATE_WINDOW_GAIN
+            if self.bandwidth < FAIR_SHARE * self.link_bandwidth:
+                gain = RATE_WINDOW_GAIN_UP
+            elif self.bandwidth > (FAIR_SHARE + SHARE_MARGIN) * self.link_bandwidth:
+                gain = RATE_WINDOW_GAIN_DOWN
+            self.congestion_window = max(int(gain * self.bdp), self.minimum_window)
 
     def _sample_bandwidth(self, acked_bytes: int, bytes_in_flight: int, now: float) -> None:
         if self._bw_start < 0:
@@ -246,12 +288,19 @@ class Tolerant(CongestionControl):
         if not app_limited or sample > self.max_bandwidth:
             self._bw_samples.append(sample)
             self.max_bandwidth = max(self._bw_samples)
+            # the link's rate: the largest delivery rate of the last LINK_RATE_WINDOW s
+            self.link_bandwidth = _windowed(
+                self._link_rates, now, sample, LINK_RATE_WINDOW, largest=True
+            )
         self._bw_start = now
         self._bw_bytes = 0
 
     def _update_loss_rate(self) -> None:
         total = self._sample_acked_bytes + self._sample_lost_bytes
-        if total > 0 and not self._delay_signal():
+        # only samples that saw no queue (above the cut threshold) and no cut in any of
+        # their rounds: flows starting together overflow the queue, drain it, and a sample
+        # ending in the quiet after that would take the overflow for the path's random loss
+        if total > 0 and not self._delay_signal() and not self._sample_queued:
             self._loss_estimated = True
             sample = self._sample_lost_bytes / total
             self._loss_average += LOSS_FILTER * (sample - self._loss_average)
@@ -263,6 +312,7 @@ class Tolerant(CongestionControl):
         self._sample_acks = 0
         self._sample_acked_bytes = 0
         self._sample_lost_bytes = 0
+        self._sample_queued = False
 
     def _end_round(self, now: float) -> None:
         samples = sorted(self._round_samples)
@@ -271,19 +321,12 @@ class Tolerant(CongestionControl):
         rtt = samples[int(len(samples) * ROUND_RTT_QUANTILE)] if samples else 0.0
         if rtt > 0:
             # base RTT: the smallest round RTT of the last MIN_RTT_WINDOW seconds
-            # (a monotonic deque: older values no smaller than a newer one can never be
-            # the minimum again)
-            rtts = self._round_rtts
-            while rtts and rtts[-1][1] >= rtt:
-                rtts.pop()
-            rtts.append((now, rtt))
-            while now - rtts[0][0] > MIN_RTT_WINDOW:
-                rtts.popleft()
-            self.min_rtt = rtts[0][1]
+            self.min_rtt = _windowed(self._round_rtts, now, rtt, MIN_RTT_WINDOW, largest=False)
             self.diff = self.congestion_window * (1.0 - self.min_rtt / rtt)
         bdp = self.bdp
         high = False
         self._check_competition(rtt, now)
+        self._check_overflow(rtt, now)
         if bdp > 0 and self.competing:
             # another flow keeps the queue full: only losses say anything now
             self.phase = Phase.PROBING
@@ -303,6 +346,8 @@ class Tolerant(CongestionControl):
                 self.phase = Phase.PROBING
                 self._rounds_saturated = 0
         self._high_rounds = self._high_rounds + 1 if bdp > 0 and high else 0
+        if bdp > 0 and self.diff > self._beta():
+            self._sample_queued = True
         quiet = bdp > 0 and self.diff < self._alpha() / 2
         self._quiet_rounds = self._quiet_rounds + 1 if quiet else 0
         total = self._round_acked + self._round_lost
@@ -315,17 +360,15 @@ class Tolerant(CongestionControl):
                 round_loss > 2 * self.loss_rate + SHARED_LOSS_MARGIN
             )
             self._choose_sharing_mode(congested, now)
-            duration = now - self._round_start
             if not self.rate_mode and self._round_lost and round_loss > 2 * self.loss_rate:
                 # sharing on loss: this paced flow sees few of the shared queue's drops, so
                 # any loss above the usual rate counts
                 self._cut(now, to_bdp=False, cause="loss_shared")
-            elif not congested:
-                self._rate_bound = 0.0
-            else:
-                # no multiplicative cut: the rate is bounded by what was delivered
-                self.cuts["loss_rate_bound"] = self.cuts.get("loss_rate_bound", 0) + 1
-                self._rate_bound = self._round_acked / duration if duration > 0 else 0.0
+                self._overflow_armed = False  # this cycle's back-off
+            elif congested:
+                # rate mode: the loss changes neither rate nor window (the other flow
+                # ignores it too); counted only
+                self.shared_loss_rounds += 1
         elif lost_packets >= BURST_LOSS_PACKETS and not self._delay_signal():
             # until a first loss-rate estimate exists (slow start on a long path) only a
             # far larger burst counts: the path's usual random loss is not known yet
@@ -336,6 +379,27 @@ class Tolerant(CongestionControl):
         self._round_samples = []
         self._round_acked = 0
         self._round_lost = 0
+
+    def _check_overflow(self, rtt: float, now: float) -> None:
+        """Sharing on loss, a paced flow sees few of the shared queue's drops: the bursty
+        loss-driven flow next to it takes most, backs off alone each time, and is pushed
+        out. So an overflow counts as a loss round here too: the round RTT back near the
+        top of the last MAX_RTT_WINDOW seconds after it had fallen (the other flow's
+        back-off drained part of the queue). Once per such cycle, as the other flow."""
+        if rtt <= 0:
+            return
+        top = _windowed(self._max_rtts, now, rtt, MAX_RTT_WINDOW, largest=True)
+        if not self.competing or self.rate_mode:
+            self._overflow_armed = False
+            return
+        span = top - self.min_rtt
+        if span < 2 * DELAY_FLOOR:
+            return
+        if rtt < top - span / 2:  # more than this flow's own x0.7 drains
+            self._overflow_armed = True
+        elif self._overflow_armed and rtt >= top - span / 10:
+            self._overflow_armed = False
+            self._cut(now, to_bdp=False, cause="overflow_shared", factor=OVERFLOW_BACKOFF)
 
     def _queue_confirmed(self) -> bool:
         """The last two rounds both showed a queue above the cut threshold, or the last one
@@ -376,16 +440,18 @@ class Tolerant(CongestionControl):
                 self.competing = True
                 self._calm_rounds = 0
                 self.rate_mode = now >= self._loss_driven_until
-                self._rate_bound = 0.0
                 self._trial_rounds = 0
                 self._trial_lossy = 0
         self._last_round_rtt = rtt
 
-    def _cut(self, now: float, *, to_bdp: bool, cause: str) -> None:
+    def _cut(
+        self, now: float, *, to_bdp: bool, cause: str, factor: float = COMPETE_BACKOFF
+    ) -> None:
         """Back off at most once per round trip."""
         if now - self._last_cut < max(self.smoothed_rtt, self.min_rtt):
             return
         self._last_cut = now
+        self._sample_queued = True
         self.cuts[cause] = self.cuts.get(cause, 0) + 1
         if self._rtt_at_cut == 0.0:
             self._rtt_at_cut = self._last_round_rtt
@@ -398,7 +464,7 @@ class Tolerant(CongestionControl):
         elif self.competing:
             # a queue shared with loss-driven flows: back off as CUBIC does, so neither
             # side starves the other
-            target = self.congestion_window * COMPETE_BACKOFF
+            target = self.congestion_window * factor
         else:
             # A loss burst without a queue: the more random loss is usual here, the gentler.
             factor = 0.5 + min(self.loss_rate * 10, 0.35)
@@ -440,10 +506,7 @@ class Tolerant(CongestionControl):
 
     def pacing_rate(self, smoothed_rtt: float) -> float:
         if self.rate_mode and self.max_bandwidth > 0:
-            rate = RATE_GAINS[self._gain_index] * self.max_bandwidth
-            if self._rate_bound > 0:
-                rate = min(rate, max(self._rate_bound, self.bandwidth))
-            return rate
+            return RATE_GAINS[self._gain_index] * self.max_bandwidth
         rtt = self.min_rtt or smoothed_rtt or 0.1
         gain = PACING_GAIN_STARTUP if self.phase == Phase.SLOW_START else PACING_GAIN
         return gain * self.congestion_window / max(rtt, 1e-3)
@@ -454,10 +517,12 @@ class Tolerant(CongestionControl):
             "phase": self.phase.value,
             "bandwidth_bps": round(self.bandwidth * 8),
             "max_bandwidth_bps": round(self.max_bandwidth * 8),
+            "link_bandwidth_bps": round(self.link_bandwidth * 8),
             "min_rtt_ms": round(self.min_rtt * 1000, 2),
             "queued_bytes": round(self.diff),
             "loss_rate": round(self.loss_rate, 4),
             "random_losses": self.random_losses,
+            "shared_loss_rounds": self.shared_loss_rounds,
             "congestion_events": self.congestion_events,
             "cuts": dict(self.cuts),
             "competing": self.competing,
