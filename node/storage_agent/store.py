@@ -166,11 +166,10 @@ def decode_tree(cid: bytes, size: int, raw: bytes) -> list[bytes]:
 
 
 def _read_ahead(fd: int) -> None:
-    """Ask the kernel for the whole file at once: one large read instead of a read-ahead
-    window that starts small again for every chunk file."""
+    """Tell the kernel the file is read front to back (a larger read-ahead window). Asking
+    for the whole file up front (``POSIX_FADV_WILLNEED``) measured slower here."""
     with contextlib.suppress(OSError, AttributeError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
 
 
 def _read_fd(fd: int) -> bytes:
@@ -346,10 +345,27 @@ class ChunkStore:
             os.close(fd)
 
     def read_verified(self, cid: bytes) -> bytes:
-        data = self.read(cid)
-        if chunk_id(data) != cid:
+        """The whole chunk, checked against its id. Each piece is hashed as soon as it is
+        read, while the kernel reads the next ones ahead (about a third faster here than
+        reading the chunk first and hashing it after)."""
+        fd = self._open(cid)
+        try:
+            size = os.fstat(fd).st_size
+            _read_ahead(fd)
+            buf = bytearray(size)
+            view = memoryview(buf)
+            h = ChunkHasher()
+            pos = 0
+            while pos < size and (n := os.readv(fd, [view[pos : pos + READ_PIECE]])):
+                h.update(view[pos : pos + n])
+                pos += n
+        except OSError as exc:
+            raise StorageError(f"cannot read chunk {cid.hex()[:16]}…: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        if pos != size or h.digest() != cid:
             raise ChunkCorrupt(f"chunk {cid.hex()[:16]}… is damaged (hash mismatch)")
-        return data
+        return bytes(buf)
 
     def stream(self, cid: bytes) -> Iterator[memoryview]:
         """The chunk in pieces of :data:`READ_PIECE` bytes, read into one small reused buffer.

@@ -62,6 +62,27 @@ def test_put_read_layout(tmp_path: Path) -> None:
         store.read(chunk_id(b"absent"))
 
 
+@pytest.mark.parametrize("size", [0, 1, READ_PIECE - 1, READ_PIECE, 3 * READ_PIECE + 5])
+def test_served_read_checks_every_byte(tmp_path: Path, size: int) -> None:
+    store = make(tmp_path)
+    data = os.urandom(size)
+    cid = store.put(data)
+    assert store.read_verified(cid) == data
+    path = store.path_of(cid)
+    if size:
+        raw = bytearray(data)
+        raw[size - 1] ^= 1
+        path.write_bytes(bytes(raw))
+        with pytest.raises(ChunkCorrupt):
+            store.read_verified(cid)
+        path.write_bytes(data[: size - 1])
+        with pytest.raises(ChunkCorrupt):
+            store.read_verified(cid)
+    path.unlink()
+    with pytest.raises(ChunkMissing):
+        store.read_verified(cid)
+
+
 def test_leftover_temp_files_are_removed_and_never_listed(tmp_path: Path) -> None:
     store = make(tmp_path)
     (store.tmp / "half-written").write_bytes(b"x" * 100)
