@@ -12,13 +12,13 @@ smallest sample is the one a queue shows in), and compares it with fractions of 
 bandwidth-delay product estimated Westwood-style (``bw`` from the rate of acknowledged bytes,
 sampled about once per round trip; the largest of the last twenty samples, since random loss
 biases a low-pass filtered rate downwards; times ``min_rtt``), each capped at a standing
-queue of QUEUE_TARGET (3 ms) so long paths keep short queues too:
+queue of QUEUE_TARGET (2 ms) so long paths keep short queues too:
 
-    diff < alpha = min(ALPHA * bdp, bw * 1.5 ms)    probe: slow start doubles, congestion
+    diff < alpha = min(ALPHA * bdp, bw * 1 ms)      probe: slow start doubles, congestion
                                 avoidance adds one datagram per round (Reno); after rounds
                                 with no queue, up to alpha per round
     alpha..beta                 saturated: hold the window; probe again after a few rounds
-    diff > beta = min(BETA * bdp, bw * 3 ms), two rounds running
+    diff > beta = min(BETA * bdp, bw * 2 ms), two rounds running
                                 early congestion: drain this flow's queue, not below the bdp
 
 Losses are classified: with a queue confirmed over two rounds a loss is congestion and the
@@ -73,7 +73,7 @@ PROBE_BOOST_LONG = 32  # ... at least, when that is more than the grow threshold
 BURST_LOSS_MARGIN = 0.05  # a round's loss rate this far above the usual one is congestion
 BURST_LOSS_PACKETS = 4  # ... provided the round lost at least this many packets
 UNKNOWN_LOSS_MARGIN = 0.15  # the margin before the first loss-rate estimate
-QUEUE_TARGET = 0.003  # seconds of standing queue the window is cut above (half: grows below)
+QUEUE_TARGET = 0.002  # seconds of standing queue the window is cut above (half: grows below)
 DELAY_FLOOR = 0.001  # seconds of RTT variation never taken for a queue (scheduling, timers)
 COMPETE_BACKOFF = 0.7  # multiplicative decrease on loss while sharing a queue with others
 COMPETE_PROBE = 1  # ... and growth: datagrams per round
