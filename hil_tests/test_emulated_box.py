@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import threading
@@ -27,7 +28,7 @@ from node.hwmon.clock import RELEASE_FLOOR
 from node.storage_agent.devnet import DEVNET_STORAGE, Devnet
 from tests.support import IN_CI, require_binary, require_root
 
-# Building the image, the boots and the first boot's offline install take many minutes under
+# Building the image, the boots and the agent's first start take many minutes under
 # software emulation; the suite's 300 s per-test default would cut them off.
 pytestmark = [pytest.mark.emubox, pytest.mark.timeout(3000)]
 BOOT_TIMEOUT = float(os.environ.get("BITCHAT_HIL_BOOT_TIMEOUT", "1200"))
@@ -148,9 +149,14 @@ def test_first_boot_enroll_dashboard_doctor(
     # The OS side ran once from the boot partition and removed itself, as on a Pi.
     assert "systemd.run" not in box.cmdline()
     assert box.boots >= 2
-    # First boot installed wheels only: nothing was compiled on the box.
+    # The image holds the release, installed by the image build: first boot ran no pip. The
+    # wheelhouse (wheels only) is there for upgrades.
     installed = flow.ssh(box, key, "ls /opt/bitchat-node/wheelhouse")
     assert "zfec-" in installed and ".tar.gz" not in installed
+    journal = flow.ssh(box, key, "sudo journalctl -u bitchat-node-firstboot -o cat")
+    assert "firstboot step=install how=in_image" in journal, journal
+    names = flow.ssh(box, key, "hostname; cat /etc/hostname").split()
+    assert names[0] == names[1] and re.fullmatch(r"bitchat-[0-9a-f]{6}", names[0]), names
     out = flow.enroll(box, key, recipe, workdir / "inventory.db")
     assert status["node_id"] in out
     doctor = flow.ssh(box, key, f"sudo bitchat-node doctor --json --data-dir {flow.DATA} || true")

@@ -67,7 +67,8 @@ def wheelhouse(workdir: Path) -> Path:
     """An operator's wheelhouse: the agent and its aarch64 dependencies, all as wheels.
 
     The index has no aarch64 wheel of some dependencies (zfec); those are built once from
-    source inside the base under qemu-user and cached, so first boot compiles nothing.
+    source inside the base under qemu-user and cached. With wheels only, the image build
+    installs the release on the host, and first boot neither compiles nor installs anything.
     """
     house = workdir / "wheelhouse"
     auto_wheelhouse(PYTHON, lambda _msg: None, house)
