@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -11,6 +12,9 @@ from typing import Any
 import pytest
 
 from hil_tests.conftest import Pi
+from node.identity import Identity, decode_id
+from node.transport.endpoint import Endpoint
+from node.transport.nat.service import REACH_PROTOCOL
 
 pytestmark = pytest.mark.pi
 
@@ -99,9 +103,56 @@ def test_relay_flash_and_enroll_over_serial(serial_port: str, pi: Pi) -> None:
     assert result.returncode == 0, result.stderr
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        status = get_json(pi.web + "api/status")
-        relays = status.get("services", {}).get("relays", {})
-        if relays.get("registered", 0) >= 1:
+        if relays_status(pi).get("online", 0) >= 1:
             return
         time.sleep(3)
     pytest.fail("the flashed relay did not register with its home box within 2 minutes")
+
+
+def relays_status(pi: Pi) -> dict[str, Any]:
+    relays: dict[str, Any] = get_json(pi.web + "api/status").get("services", {}).get("relays", {})
+    return relays
+
+
+async def echo_through(address: tuple[str, int], node_id: bytes, payload: bytes) -> bytes:
+    """Open a transport session to ``address`` from a fresh identity, check that the box
+    answered, and echo ``payload`` on the agent's reach protocol."""
+    endpoint = Endpoint(Identity.generate())
+    await endpoint.bind("0.0.0.0", 0)
+    try:
+        conn = await endpoint.connect(address, timeout=20)
+        assert conn.peer_id == node_id, "the session through the board reached another node"
+        stream = await conn.open_stream(REACH_PROTOCOL)
+        stream.write(payload)
+        stream.write_eof()
+        await stream.drain()
+        echoed = await asyncio.wait_for(stream.read(), 20)
+        await conn.close("hil test done")
+        return echoed
+    finally:
+        await endpoint.close()
+
+
+@pytest.mark.serial
+def test_relay_board_forwards_a_session_to_its_box(serial_port: str, pi: Pi) -> None:
+    """The enrolled board holds an open allocation that the box offers in its node record; a
+    session from this machine to the offer's address reaches the box's agent through the board
+    and data goes both ways (the board forwards ciphertext it cannot read)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        relays = relays_status(pi)
+        free = [o for o in relays.get("offers", []) if not o.get("in_use")]
+        if free:
+            break
+        time.sleep(3)
+    else:
+        pytest.fail(
+            f"the box lists no open relay offer after 2 minutes (relays: {relays.get('online', 0)} "
+            "online); enroll the board first (test_relay_flash_and_enroll_over_serial)"
+        )
+    used_before = relays.get("offers_used", 0)
+    host, port = free[0]["address"].rsplit(":", 1)
+    node_id = decode_id(get_json(pi.web + "api/status")["node_id"])
+    payload = os.urandom(6000)
+    assert asyncio.run(echo_through((host, int(port)), node_id, payload)) == payload
+    assert relays_status(pi).get("offers_used", 0) >= used_before + 1
