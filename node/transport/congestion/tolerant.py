@@ -257,7 +257,7 @@ class Tolerant(CongestionControl):
         """Sharing a queue another flow keeps full: the pacing gain cycles once per base RTT,
         and the window, about twice the estimated bdp, steers this flow's share: in a full
         drop-tail queue each flow gets the link in proportion to what it keeps in flight,
-        and twice the bdp each is a balance that drifts (in the lab, towards BBR: 37-46 %
+        and twice the bdp each is a balance that drifts (in the lab, towards BBR: 36-46 %
         for this flow). Below a fair share of the link rate the window is larger, above it
         smaller."""
         if self.min_rtt > 0 and now - self._gain_start >= self.min_rtt:
