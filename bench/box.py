@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +64,13 @@ def main() -> None:
 
     print(f"{'figure':<48} {'measured':>12}  goal", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-box-"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the image and QEMU overlays: about 1 GB
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
     key = flow.operator_key(work)
     recipe = flow.write_recipe(work, key)
     t0 = time.monotonic()
