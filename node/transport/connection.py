@@ -32,6 +32,7 @@ import os
 import struct
 from bisect import bisect_left, bisect_right
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -206,6 +207,14 @@ class State(Enum):
     CLOSING = "closing"
     DRAINING = "draining"
     CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """How an endpoint puts a datagram on the wire at once, and its clock."""
+
+    send: Callable[[bytes, Address], None]
+    clock: Callable[[], float]
 
 
 class SentPacket:
@@ -1512,8 +1521,16 @@ class ConnectionCore:
         self._ack_immediate = False
         self._ack_timer = None
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        """Everything ready to go out now, as (datagram, address) pairs."""
+    def datagrams_to_send(
+        self, now: float, transmit: Transmit | None = None
+    ) -> list[tuple[bytes, Address]]:
+        """Everything ready to go out now, as (datagram, address) pairs.
+
+        With ``transmit`` (an endpoint's socket send and its clock), each packet of data
+        and ACKs goes out as soon as it is sealed and is dated when it does, and only the
+        rest is returned: a packet dated at the start of a long batch and sent at its end
+        would read as queueing delay in its RTT sample.
+        """
         out = self._out
         self._out = []
         if self.state == State.CLOSED or not self._send_key:
@@ -1599,8 +1616,13 @@ class ConnectionCore:
                 self._ack_ping_at = now
             payload = buf.data
             pn = self._next_pn
+            if transmit is not None:
+                now = transmit.clock()
             pkt = self._seal(payload, now)
-            out.append((pkt, addr))
+            if transmit is not None:
+                transmit.send(pkt, addr)
+            else:
+                out.append((pkt, addr))
             size = len(pkt)
             self.bytes_sent += size
             counters["packets_out"] += 1

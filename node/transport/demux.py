@@ -29,6 +29,7 @@ from node.transport.connection import (
     ConnectionCore,
     ReceiveBudget,
     State,
+    Transmit,
     TransportConfig,
 )
 from node.transport.errors import HandshakeError, TransportError, WireError
@@ -237,13 +238,24 @@ class EndpointCore:
 
     # ------------------------------------------------------------------ output and timers
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+    def datagrams_to_send(
+        self, now: float, transmit: Transmit | None = None
+    ) -> list[tuple[bytes, Address]]:
+        """What is ready to go out (see :meth:`ConnectionCore.datagrams_to_send`)."""
         out = self._raw
         self._raw = []
         dirty = self._dirty
         self._dirty = {}
+        if transmit is not None:
+            send, counters = transmit.send, self.counters
+
+            def counted(data: bytes, addr: Address) -> None:
+                counters["datagrams_out"] += 1
+                send(data, addr)
+
+            transmit = Transmit(counted, transmit.clock)
         for conn in dirty.values():
-            out += conn.datagrams_to_send(now)
+            out += conn.datagrams_to_send(now, transmit)
             self._after(conn, now)
         self.counters["datagrams_out"] += len(out)
         return out

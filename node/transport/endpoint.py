@@ -27,6 +27,7 @@ from node.transport.connection import (
     Address,
     ConnectionCore,
     State,
+    Transmit,
     TransportConfig,
 )
 from node.transport.demux import DEFAULT_RECEIVE_BUDGET, EndpointCore
@@ -369,6 +370,7 @@ class Endpoint:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._flush_scheduled = False
+        self._transmit: Transmit | None = None
         self._timestamps = False
         self.local_address: Address = ("0.0.0.0", 0)
         self.counters: dict[str, int] = {
@@ -390,6 +392,7 @@ class Endpoint:
         one created inside a network namespace.
         """
         self._loop = asyncio.get_running_loop()
+        self._transmit = Transmit(self._sendto, self._loop.time)
         if sock is None:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -572,7 +575,7 @@ class Endpoint:
         if self._loop is None:
             return
         now = self._loop.time()
-        for data, addr in self.core.datagrams_to_send(now):
+        for data, addr in self.core.datagrams_to_send(now, self._transmit):
             self._sendto(data, addr)
         for core, ev in self.core.events():
             self._dispatch(core, ev)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.transport import _wire as wire
-from node.transport.connection import K_WINDOW_FLOOR, ConnectionCore, State, _covered
+from node.transport.connection import K_WINDOW_FLOOR, ConnectionCore, State, Transmit, _covered
 from node.transport.demux import EndpointCore
 from node.transport.errors import TransportError
 from node.transport.events import (
@@ -487,3 +487,25 @@ def test_receive_budget_bounds_buffered_bytes_across_sessions() -> None:
         ep.touch(conn)
     net.run_for(5.0)
     assert server.status()["receive_budget_free"] == budget
+
+
+def test_packets_go_out_as_sealed_and_are_dated_when_they_do() -> None:
+    """With an endpoint's transmit, each packet leaves at once and its RTT sample starts
+    when it left, not when the batch began (a long batch would read as a queue)."""
+    net, a, b = setup()
+    c, _ = established(net, a, b)
+    sid = c.open_stream()
+    c.send_stream(sid, os.urandom(40_000))
+    sent: list[bytes] = []
+    ticks: list[float] = []
+
+    def clock() -> float:
+        ticks.append(net.now + 0.001 * len(ticks))
+        return ticks[-1]
+
+    left = c.datagrams_to_send(net.now, Transmit(lambda data, addr: sent.append(data), clock))
+    assert left == []
+    assert len(sent) == len(ticks) >= 5
+    times = [p.sent_time for p in c._sent.values()][-len(sent) :]
+    assert times == ticks
+    assert times[-1] - times[0] == pytest.approx(0.001 * (len(sent) - 1))
