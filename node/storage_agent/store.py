@@ -37,11 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from nacl._sodium import ffi as _ffi  # type: ignore[import-not-found]
-from nacl._sodium import lib as _lib
-
 from node import fsutil
-from node.storage_agent import merkle
+from node.storage_agent import _blake2b, merkle
 from node.storage_agent.contracts import MAX_CHUNK
 from node.storage_agent.errors import ChunkCorrupt, ChunkMissing, StorageError, StoreFull
 
@@ -61,44 +58,13 @@ class DiskProblem(StorageError):
     """The data disk is missing, swapped or unwritable."""
 
 
-# Chunk ids are hashed by libsodium's BLAKE2b (vectorised: about 1.4x hashlib's rate here,
-# and it runs without the GIL, so uploads and reads hash on both cores).
-_STATE_BYTES = _lib.crypto_generichash_statebytes()
-_NULL = _ffi.NULL
-
-
 def chunk_id(data: bytes | bytearray | memoryview) -> bytes:
-    """BLAKE2b-256 of a chunk's bytes: its id."""
-    out = _ffi.new("unsigned char[]", ID_LEN)
-    buf = _ffi.from_buffer(data)
-    _lib.crypto_generichash_blake2b_salt_personal(
-        out, ID_LEN, buf, len(buf), _NULL, 0, _NULL, _NULL
-    )
-    return bytes(_ffi.buffer(out, ID_LEN))
+    """BLAKE2b-256 of a chunk's bytes: its id (hashed by libsodium, without the GIL)."""
+    return _blake2b.digest(data)
 
 
-class ChunkHasher:
-    """:func:`chunk_id` of bytes that arrive in pieces."""
-
-    __slots__ = ("_keep", "_state")
-
-    def __init__(self) -> None:
-        # libsodium declares its state 64-byte aligned; cffi's allocations are not.
-        self._keep = _ffi.new("unsigned char[]", _STATE_BYTES + 64)
-        offset = -int(_ffi.cast("uintptr_t", self._keep)) % 64
-        self._state = self._keep + offset
-        _lib.crypto_generichash_blake2b_init_salt_personal(
-            self._state, _NULL, 0, ID_LEN, _NULL, _NULL
-        )
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        buf = _ffi.from_buffer(data)
-        _lib.crypto_generichash_blake2b_update(self._state, buf, len(buf))
-
-    def digest(self) -> bytes:
-        out = _ffi.new("unsigned char[]", ID_LEN)
-        _lib.crypto_generichash_blake2b_final(self._state, out, ID_LEN)
-        return bytes(_ffi.buffer(out, ID_LEN))
+ChunkHasher = _blake2b.Hasher
+""":func:`chunk_id` of bytes that arrive in pieces."""
 
 
 def parse_id(text: str) -> bytes:
@@ -272,8 +238,9 @@ class ChunkStore:
 
         The chunk's temp file is written and fsynced, and its id computed, in helper
         threads while this one computes the Merkle leaves, so the disk and the CPU cores
-        work at the same time. ``check`` may reject the chunk by its leaves (the temp file
-        is then dropped); ``leaves`` skips computing them when the caller has them.
+        work at the same time. ``check`` may reject the chunk by
+        its leaves (the temp file is then dropped); ``leaves`` skips computing them when
+        the caller has them.
         Idempotent for a chunk already present (its cache is restored if needed).
         """
         if len(data) > MAX_CHUNK:

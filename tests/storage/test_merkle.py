@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.storage_agent import merkle
+from node.storage_agent import _blake2b, merkle
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 5 * 4096 + 7, 1 << 20])
@@ -44,3 +45,17 @@ def test_verify_never_crashes(data: bytes, index: int, junk: bytes) -> None:
     count = merkle.segment_count(len(data))
     root = merkle.root(data)
     merkle.verify(root, index, count, junk, [junk[:32]] * (index % 4))
+
+
+@given(st.binary(max_size=20_000), st.integers(1, 5000), st.sampled_from([b"", b"\x00", b"ab"]))
+def test_leaves_hashed_in_place_match_the_definition(
+    data: bytes, segment_size: int, prefix: bytes
+) -> None:
+    # leaves are hashed by libsodium from a copied prefix state; each must equal
+    # BLAKE2b-256(prefix || segment) as any other implementation computes it
+    count = merkle.segment_count(len(data), segment_size)
+    pieces = [data[i * segment_size : (i + 1) * segment_size] for i in range(count)]
+    want = [hashlib.blake2b(prefix + p, digest_size=32).digest() for p in pieces]
+    assert _blake2b.digests_of_pieces(data, segment_size, prefix) == want
+    assert merkle.leaves(data, segment_size) == [merkle.leaf_hash(p) for p in pieces]
+    assert merkle.leaves(memoryview(data), segment_size) == merkle.leaves(data, segment_size)
