@@ -1527,9 +1527,9 @@ class ConnectionCore:
         """Everything ready to go out now, as (datagram, address) pairs.
 
         With ``transmit`` (an endpoint's socket send and its clock), each packet of data
-        and ACKs goes out as soon as it is sealed and is dated when it does, and only the
-        rest is returned: a packet dated at the start of a long batch and sent at its end
-        would read as queueing delay in its RTT sample.
+        and ACKs goes out as soon as it is sealed and is dated when it does (after what was
+        queued before it), and only the rest is returned: a packet dated at the start of a
+        long batch and sent at its end would read as queueing delay in its RTT sample.
         """
         out = self._out
         self._out = []
@@ -1553,6 +1553,13 @@ class ConnectionCore:
             self._path_out.clear()
         if not (self._ack_eliciting_pending or self._ack_immediate or self._has_payload()):
             return out
+        if transmit is not None:
+            # what is already queued (the handshake's last message, path probes) goes
+            # first: data sealed with the new keys must not overtake the message that
+            # lets the peer derive them
+            for pkt, paddr in out:
+                transmit.send(pkt, paddr)
+            out = []
         cc = self.cc
         srtt = self.smoothed_rtt or K_INITIAL_RTO / 3
         rate = cc.pacing_rate(srtt)

@@ -496,6 +496,9 @@ def test_packets_go_out_as_sealed_and_are_dated_when_they_do() -> None:
     c, _ = established(net, a, b)
     sid = c.open_stream()
     c.send_stream(sid, os.urandom(40_000))
+    # a datagram queued before (as the handshake's last message is) must leave first:
+    # data sealed with the new keys would otherwise overtake it
+    c._queue_raw(b"queued first", B)
     sent: list[bytes] = []
     ticks: list[float] = []
 
@@ -505,6 +508,7 @@ def test_packets_go_out_as_sealed_and_are_dated_when_they_do() -> None:
 
     left = c.datagrams_to_send(net.now, Transmit(lambda data, addr: sent.append(data), clock))
     assert left == []
+    assert sent.pop(0) == b"queued first"
     assert len(sent) == len(ticks) >= 5
     times = [p.sent_time for p in c._sent.values()][-len(sent) :]
     assert times == ticks
