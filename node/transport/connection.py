@@ -66,6 +66,8 @@ _REPLAY_MASK = (1 << REPLAY_WINDOW) - 1
 
 # RFC 9002 section 6.1 / RFC 6298
 K_PACKET_THRESHOLD = 3
+K_PMTU_PROBES = 3  # RFC 8899 MAX_PROBES: probes of one size before the search stops
+K_PMTU_RETRY = 1.0  # seconds before a lost probe is tried again (at least 3 RTTs)
 K_TIME_THRESHOLD = 9 / 8
 K_GRANULARITY = 0.001
 K_INITIAL_RTO = 1.0  # RFC 6298 section 2.1
@@ -133,6 +135,7 @@ class TransportConfig:
     """Knobs of a connection; both sides may differ."""
 
     max_datagram_size: int = 1350
+    pmtu_probe_size: int = 1452  # datagram size a probe tries once established (0: never)
     idle_timeout: float = 60.0
     keepalive_interval: float = 20.0
     handshake_timeout: float = 10.0
@@ -495,6 +498,14 @@ class ConnectionCore:
             cfg.congestion, max_datagram_size=cfg.max_datagram_size
         )
         self._pacing_budget = float(cfg.max_datagram_size * 10)
+        # Packetization-layer path MTU discovery (RFC 8899, one step): once established, a
+        # probe of cfg.pmtu_probe_size bytes (PING and padding) goes out beside the traffic;
+        # when it is acknowledged the path carries that size, and packets grow to it. A lost
+        # probe is never resent as data and is no congestion signal.
+        self.max_datagram_size = cfg.max_datagram_size
+        self._pmtu_probe: tuple[int, float] | None = None  # (packet number, sent at)
+        self._pmtu_failures = 0
+        self._pmtu_next = 0.0
         self._pacing_time = now
         self._pacing_timer: float | None = None
         self._paced = False  # the last send loop stopped for pacing
@@ -1173,6 +1184,8 @@ class ConnectionCore:
         largest = ack.ranges[0][1]
         if largest >= self._next_pn:
             raise WireError("ACK of a packet never sent")
+        if self._pmtu_probe is not None:
+            self._pmtu_acked(ack)
         sent = self._sent
         lost = self._lost
         acked_bytes = 0
@@ -1388,6 +1401,7 @@ class ConnectionCore:
                 )
                 self.smoothed_rtt = None
                 self.min_rtt = float("inf")
+                self._restart_pmtu()
             self.remote_address = addr
             self.events.append(PathChanged(address=addr))
 
@@ -1395,6 +1409,54 @@ class ConnectionCore:
         """Send from now on to ``addr`` (a path chosen locally, e.g. a relay); probes it."""
         self.remote_address = addr
         self._ping_pending = True
+        self._restart_pmtu()
+
+    # ------------------------------------------------------------------ path MTU
+
+    def _restart_pmtu(self) -> None:
+        """A new path: back to the base size, and probe it afresh."""
+        self.max_datagram_size = self.config.max_datagram_size
+        self.cc.max_datagram_size = self.max_datagram_size
+        self._pmtu_probe = None
+        self._pmtu_failures = 0
+        self._pmtu_next = 0.0
+
+    def _pmtu_acked(self, ack: wire.Ack) -> None:
+        """Whether this ACK settles the outstanding probe: acknowledged, or a gap where it
+        was with K_PACKET_THRESHOLD packets acknowledged after it."""
+        assert self._pmtu_probe is not None
+        pn = self._pmtu_probe[0]
+        if any(lo <= pn <= hi for lo, hi in ack.ranges):
+            self._pmtu_probe = None
+            self.max_datagram_size = self.config.pmtu_probe_size
+            self.cc.max_datagram_size = self.max_datagram_size
+            self.counters["pmtu"] = self.max_datagram_size
+        elif ack.ranges[-1][0] <= pn and ack.ranges[0][1] >= pn + K_PACKET_THRESHOLD:
+            self._pmtu_lost(self._pmtu_probe[1])
+
+    def _pmtu_lost(self, now: float) -> None:
+        self._pmtu_probe = None
+        self._pmtu_failures += 1
+        self._pmtu_next = now + max(K_PMTU_RETRY, 3 * (self.smoothed_rtt or 0.0))
+        self.counters["pmtu_probes_lost"] = self.counters.get("pmtu_probes_lost", 0) + 1
+
+    def _pmtu_probe_due(self, now: float) -> bool:
+        size = self.config.pmtu_probe_size
+        if size <= self.max_datagram_size or self._pmtu_failures >= K_PMTU_PROBES:
+            return False
+        if self._pmtu_probe is not None:
+            # unanswered for 3 RTTs (nothing else in flight to show the gap): lost
+            if now - self._pmtu_probe[1] > 3 * (self.smoothed_rtt or K_INITIAL_RTO):
+                self._pmtu_lost(now)
+            return False
+        return now >= self._pmtu_next and self.address_validated and self.smoothed_rtt is not None
+
+    def _pmtu_packet(self, now: float) -> bytes:
+        """PING and PADDING filling a packet of exactly the probe size."""
+        pad = self.config.pmtu_probe_size - _AEAD_OVERHEAD - 1
+        self._pmtu_probe = (self._next_pn, now)
+        self.counters["pmtu_probes"] = self.counters.get("pmtu_probes", 0) + 1
+        return self._seal(bytes([wire.FrameType.PING]) + bytes(pad), now)
 
     # ------------------------------------------------------------------ closing
 
@@ -1536,7 +1598,7 @@ class ConnectionCore:
         if self.state == State.CLOSED or not self._send_key:
             return out
         addr = self.remote_address
-        mds = self.config.max_datagram_size
+        mds = self.max_datagram_size
         if self.state == State.CLOSING:
             if self._close_sent_at == float("-inf") and self._close_frame is not None:
                 buf = wire.Buffer()
@@ -1551,6 +1613,8 @@ class ConnectionCore:
             for frame, paddr in self._path_out:
                 out.append((self._seal(self._single(frame), now), paddr))
             self._path_out.clear()
+        if self._pmtu_probe_due(now):
+            out.append((self._pmtu_packet(now), addr))
         if not (self._ack_eliciting_pending or self._ack_immediate or self._has_payload()):
             return out
         if transmit is not None:
@@ -1791,6 +1855,7 @@ class ConnectionCore:
             "ack_delay_ms": round(self.ack_delay * 1000, 2),
             "streams": len(self._send_streams),
             "bytes_in_flight": self.bytes_in_flight,
+            "datagram_size": self.max_datagram_size,
             "cc": self.cc.status(),
             **self.counters,
         }

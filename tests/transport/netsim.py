@@ -26,7 +26,8 @@ def make_endpoint(seed: int, **kwargs: object) -> EndpointCore:
 
 @dataclass
 class Link:
-    """One direction's behaviour: delay, jitter (reorders), loss, duplication, rate."""
+    """One direction's behaviour: delay, jitter (reorders), loss, duplication, rate, and the
+    largest datagram it carries (``mtu``, UDP payload bytes; larger ones are dropped)."""
 
     delay: float = 0.025
     jitter: float = 0.0
@@ -34,6 +35,7 @@ class Link:
     duplicate: float = 0.0
     rate_bps: float | None = None
     queue_bytes: int | None = None
+    mtu: int | None = None
     _busy_until: float = 0.0
     _queued: list[float] = field(default_factory=list)
 
@@ -51,6 +53,7 @@ class FakeNetwork:
         self._seq = 0
         self.delivered = 0
         self.dropped = 0
+        self.sizes: set[int] = set()  # of the datagrams sent
         self.events: list[tuple[Address, ConnectionCore, Event]] = []
         self.nat: dict[Address, Address] = {}  # rewrites a sender's address (NAT rebinding)
 
@@ -67,6 +70,10 @@ class FakeNetwork:
     def send(self, data: bytes, src: Address, dst: Address) -> None:
         link = self.link(src, dst)
         src = self.nat.get(src, src)
+        self.sizes.add(len(data))
+        if link.mtu is not None and len(data) > link.mtu:
+            self.dropped += 1
+            return
         if self.rng.random() < link.loss:
             self.dropped += 1
             return

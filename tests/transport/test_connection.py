@@ -513,3 +513,21 @@ def test_packets_go_out_as_sealed_and_are_dated_when_they_do() -> None:
     times = [p.sent_time for p in c._sent.values()][-len(sent) :]
     assert times == ticks
     assert times[-1] - times[0] == pytest.approx(0.001 * (len(sent) - 1))
+
+
+@pytest.mark.parametrize("mtu", [None, 1400])
+def test_path_mtu_probe_raises_the_datagram_size_only_where_it_fits(mtu: int | None) -> None:
+    net, a, b = setup(Link(mtu=mtu))
+    c, s = established(net, a, b)
+    blob = os.urandom(300_000)
+    assert transfer(net, c, s, a, b, [blob]) == [blob]
+    sizes = net.sizes
+    if mtu is None:
+        assert c.max_datagram_size == 1452 and c.counters["pmtu"] == 1452
+        assert max(sizes) == 1452
+    else:
+        # the probe is lost each time; it is no congestion signal and nothing is resent
+        assert c.max_datagram_size == 1350
+        assert c.counters["pmtu_probes_lost"] >= 1
+        assert c.cc.congestion_events == 0
+        assert max(s for s in sizes if s != 1452) <= 1350
