@@ -68,6 +68,7 @@ _REPLAY_MASK = (1 << REPLAY_WINDOW) - 1
 K_PACKET_THRESHOLD = 3
 K_PMTU_PROBES = 3  # RFC 8899 MAX_PROBES: probes of one size before the search stops
 K_PMTU_RETRY = 1.0  # seconds before a lost probe is tried again (at least 3 RTTs)
+K_PMTU_AGAIN = 60.0  # seconds before a path whose larger packets vanished is probed again
 K_TIME_THRESHOLD = 9 / 8
 K_GRANULARITY = 0.001
 K_INITIAL_RTO = 1.0  # RFC 6298 section 2.1
@@ -1351,6 +1352,13 @@ class ConnectionCore:
         """RFC 6298 section 5.4-5.6: back off, collapse the window, resend the oldest data."""
         self.counters["rto"] += 1
         self._rto_backoff = min(self._rto_backoff + 1, K_MAX_BACKOFF)
+        if self._rto_backoff >= 2 and self.max_datagram_size > self.config.max_datagram_size:
+            # RFC 8899 section 4.3: a path that stopped carrying the probed size (a new
+            # tunnel, a route change) shows as timeouts in a row; back to the base size,
+            # which the resent data then uses, and probe again later
+            self._restart_pmtu()
+            self._pmtu_next = now + K_PMTU_AGAIN
+            self.counters["pmtu_black_holes"] = self.counters.get("pmtu_black_holes", 0) + 1
         self.cc.on_retransmission_timeout(now=now)
         outstanding = list(self._sent.values())
         if outstanding:

@@ -531,3 +531,17 @@ def test_path_mtu_probe_raises_the_datagram_size_only_where_it_fits(mtu: int | N
         assert c.counters["pmtu_probes_lost"] >= 1
         assert c.cc.congestion_events == 0
         assert max(s for s in sizes if s != 1452) <= 1350
+
+
+def test_a_path_that_stops_carrying_the_probed_size_falls_back() -> None:
+    net, a, b = setup()
+    c, s = established(net, a, b)
+    first = os.urandom(100_000)
+    assert transfer(net, c, s, a, b, [first]) == [first]
+    assert c.max_datagram_size == 1452
+    for link in [net.default, *net.links.values()]:
+        link.mtu = 1400  # the route changed; packets of 1,452 bytes now vanish
+    second = os.urandom(100_000)
+    assert transfer(net, c, s, a, b, [second]) == [second]
+    assert c.max_datagram_size == 1350
+    assert c.counters["pmtu_black_holes"] == 1
