@@ -1430,8 +1430,9 @@ class ConnectionCore:
         self._pmtu_next = 0.0
 
     def _pmtu_acked(self, ack: wire.Ack) -> None:
-        """Whether this ACK settles the outstanding probe: acknowledged, or a gap where it
-        was with K_PACKET_THRESHOLD packets acknowledged after it."""
+        """Settle the outstanding probe if this ACK shows its fate: acknowledged (the path
+        carries the size), or a gap where it was with K_PACKET_THRESHOLD packets
+        acknowledged after it (lost)."""
         assert self._pmtu_probe is not None
         pn = self._pmtu_probe[0]
         if any(lo <= pn <= hi for lo, hi in ack.ranges):
