@@ -22,6 +22,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> Path:
+    """fsync a file written earlier through another descriptor (Linux syncs the file's
+    pages whichever descriptor wrote them); returns ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
 def makedirs(path: Path, mode: int = 0o700) -> list[Path]:
     """Create missing directories; returns the ones created (outermost first).
 

@@ -33,7 +33,7 @@ import hmac
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +51,7 @@ FILES = "files"
 ID_LEN = 32
 READ_PIECE = 128 * 1024
 _WRITER = ThreadPoolExecutor(8, thread_name_prefix="chunk-write")
-"""Writes and hashes chunks beside the uploading thread (two tasks per upload)."""
+"""Syncs and hashes chunks beside the uploading thread (two tasks per upload)."""
 
 
 class DiskProblem(StorageError):
@@ -236,7 +236,7 @@ class ChunkStore:
     ) -> bytes:
         """Store ``data`` and its tree cache durably; returns its id.
 
-        The chunk's temp file is written and fsynced, and its id computed, in helper
+        The chunk's temp file is written here, then fsynced and its id computed in helper
         threads while this one computes the Merkle leaves, so the disk and the CPU cores
         work at the same time. ``check`` may reject the chunk by
         its leaves (the temp file is then dropped); ``leaves`` skips computing them when
@@ -247,11 +247,16 @@ class ChunkStore:
             raise StorageError(f"chunk of {len(data)} bytes exceeds the {MAX_CHUNK}-byte limit")
         if not self.tmp.is_dir():
             raise DiskProblem(f"{self.tmp} is missing (data disk unplugged or not mounted?)")
-        writing = _WRITER.submit(fsutil.write_temp, self.tmp, data)
         hashing = _WRITER.submit(chunk_id, data)
         installed = False
+        tmp: Path | None = None
+        syncing: Future[Path] | None = None
         tree_tmp: Path | None = None
         try:
+            # The copy into the page cache happens here, before the leaves: done beside
+            # them in a helper it lost the CPU to them, and the fsync waited for it.
+            tmp = fsutil.write_temp(self.tmp, data, sync=False)
+            syncing = _WRITER.submit(fsutil.fsync_file, tmp)
             if leaves is None:
                 leaves = merkle.leaves(data)
             cid = hashing.result()
@@ -267,7 +272,7 @@ class ChunkStore:
                 return cid
             # Not fsynced (see the module docstring): a damaged cache is noticed and rebuilt.
             tree_tmp = fsutil.write_temp(self.tmp, encode_tree(cid, len(data), leaves), sync=False)
-            tmp = writing.result()
+            syncing.result()
             installed = True  # install() removes whatever it could not rename
             fsutil.install([(tmp, self.path_of(cid)), (tree_tmp, self.tree_path(cid))])
         except OSError as exc:
@@ -280,8 +285,12 @@ class ChunkStore:
             if not installed:
                 with contextlib.suppress(Exception):
                     hashing.result()
-                with contextlib.suppress(Exception):
-                    writing.result().unlink()
+                if syncing is not None:
+                    with contextlib.suppress(Exception):
+                        syncing.result()
+                if tmp is not None:
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
                 if tree_tmp is not None:
                     with contextlib.suppress(OSError):
                         tree_tmp.unlink()
