@@ -7,12 +7,18 @@ node), pays the nodes with cumulative vouchers for audited storage time and serv
 re-creates a share elsewhere when its node fails an audit, stays unreachable, or is
 disqualified. Files placed by other agents can still be fetched: their record and shares are
 found by asking the known peers.
+
+A contract the client gives up (the shares of a failed put, a share moved by repair, an offer
+whose answer never came) is released: the node deletes the share. A node that cannot be
+reached then is asked again every repair round, and across restarts (``files/releases.json``),
+until it confirms or the contract's term ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -38,6 +44,8 @@ GIB = 1 << 30
 MONTH = 30 * 86400
 RECORD_SHARE = -1
 RELEASE_TIMEOUT = 10.0
+RELEASES = "releases.json"
+CHANNELS = "channels.json"
 AUDITS_AT_ONCE = 8
 """Share number marking a replica of the file record itself."""
 
@@ -87,6 +95,22 @@ class Placement:
 
 
 @dataclass
+class PendingRelease:
+    """A contract to give up on a node that has not confirmed it yet."""
+
+    contract: Contract
+    address: tuple[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"contract": self.contract.encode().hex(), "address": list(self.address)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PendingRelease:
+        address = (str(d["address"][0]), int(d["address"][1]))
+        return cls(Contract.decode(bytes.fromhex(d["contract"])), address)
+
+
+@dataclass
 class PlacedFile:
     record: client.FileRecord
     placements: list[Placement]
@@ -103,6 +127,22 @@ class Channel:
     """Sum of the amounts in the last voucher the payee acknowledged."""
     address: tuple[str, int] | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "storage": self.storage, "egress": self.egress,
+            "relay": self.relay, "sent_seq": self.sent_seq, "sent_total": self.sent_total,
+            "address": list(self.address) if self.address else None,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Channel:
+        addr = d.get("address")
+        return cls(
+            seq=int(d["seq"]), storage=int(d["storage"]), egress=int(d["egress"]),
+            relay=int(d["relay"]), sent_seq=int(d["sent_seq"]), sent_total=int(d["sent_total"]),
+            address=(str(addr[0]), int(addr[1])) if addr else None,
+        )  # fmt: skip
+
 
 @dataclass
 class Placer:
@@ -116,6 +156,8 @@ class Placer:
     reputation: Reputation = field(default_factory=Reputation)
     files: dict[bytes, PlacedFile] = field(default_factory=dict)
     channels: dict[bytes, Channel] = field(default_factory=dict)
+    releases: dict[bytes, PendingRelease] = field(default_factory=dict)
+    """Contracts given up whose node has not confirmed yet, by contract id."""
     auditor: audit.Auditor = field(default_factory=audit.Auditor)
     refresh: Callable[[], Awaitable[int]] | None = None
     """Asks the known addresses again who takes chunks (before giving up on placement)."""
@@ -136,21 +178,39 @@ class Placer:
         """Read placement records and payment channels from the data disk."""
         self.files_dir.mkdir(parents=True, exist_ok=True)
         for path in self.files_dir.glob("*.json"):
+            if len(path.stem) != 64:
+                continue  # channels.json, releases.json
             try:
                 doc = json.loads(path.read_text())
                 record = client.FileRecord.decode(doc["record"].encode())
                 placements = [Placement.from_json(p) for p in doc["placements"]]
-            except (OSError, ValueError, KeyError, TypeError, StorageError) as exc:
+            except (
+                OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, StorageError
+            ) as exc:  # fmt: skip
                 _log.warning("placement_record_unreadable", path=str(path), error=str(exc))
                 continue
             self.files[record.id] = PlacedFile(record, placements)
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            doc = json.loads((self.files_dir / "channels.json").read_text())
-            for key, c in doc.items():
-                addr = c.pop("address", None)
-                ch = Channel(**c)
-                ch.address = (addr[0], int(addr[1])) if addr else None
-                self.channels[bytes.fromhex(key)] = ch
+        path = self.files_dir / CHANNELS
+        try:
+            doc = json.loads(path.read_text())
+            channels = {bytes.fromhex(key): Channel.from_json(c) for key, c in doc.items()}
+        except FileNotFoundError:
+            channels = {}
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            # Sequence numbers start again from the payees' acknowledgements.
+            _log.warning("payment_channels_unreadable", path=str(path), error=str(exc))
+            channels = {}
+        self.channels.update(channels)
+        path = self.files_dir / RELEASES
+        try:
+            pending = [PendingRelease.from_json(d) for d in json.loads(path.read_text())]
+        except FileNotFoundError:
+            pending = []
+        except (OSError, ValueError, KeyError, TypeError, IndexError, StorageError) as exc:
+            # Lost: those nodes keep the shares until the contracts end, as before a release.
+            _log.warning("pending_releases_unreadable", path=str(path), error=str(exc))
+            pending = []
+        self.releases = {r.contract.id: r for r in pending}
 
     def _save_file(self, pf: PlacedFile) -> None:
         doc = {
@@ -162,23 +222,18 @@ class Placer:
         )
 
     def _save_channels(self) -> None:
-        doc = {
-            k.hex(): {
-                "seq": c.seq, "storage": c.storage, "egress": c.egress, "relay": c.relay,
-                "sent_seq": c.sent_seq, "sent_total": c.sent_total,
-                "address": list(c.address) if c.address else None,
-            }
-            for k, c in self.channels.items()
-        }  # fmt: skip
-        write_durable(self.files_dir / "channels.json", json.dumps(doc).encode(), self.tmp_dir)
+        doc = {k.hex(): c.to_json() for k, c in self.channels.items()}
+        write_durable(self.files_dir / CHANNELS, json.dumps(doc).encode(), self.tmp_dir)
 
-    async def _persist(self, pf: PlacedFile | None) -> None:
-        """Save a placement record (or the channels); deferred while the data disk is gone."""
+    def _save_releases(self) -> None:
+        doc = [r.to_json() for r in self.releases.values()]
+        write_durable(self.files_dir / RELEASES, json.dumps(doc).encode(), self.tmp_dir)
+
+    async def _persist(self, save: Callable[[], None]) -> None:
+        """Run one of the ``_save_*`` methods in a thread; deferred while the data disk is
+        gone (the state in memory is saved again by the next change)."""
         try:
-            if pf is None:
-                await asyncio.to_thread(self._save_channels)
-            else:
-                await asyncio.to_thread(self._save_file, pf)
+            await asyncio.to_thread(save)
         except (StorageError, OSError) as exc:
             _log.warning("placement_save_deferred", error=str(exc))
 
@@ -220,9 +275,14 @@ class Placer:
             price=self._price(len(data)), start=int(now), end=int(now + self.settings.term),
             client_key=self.ident.public_key, node_key=peer.public_key,
         ).signed_by_client(self.ident)  # fmt: skip
-        answer = await self.dialer.request(
-            peer.address, wire.Store(offer, data), peer_key=peer.public_key
-        )
+        try:
+            answer = await self.dialer.request(
+                peer.address, wire.Store(offer, data), peer_key=peer.public_key
+            )
+        except PeerUnreachable:
+            # The node may have stored the chunk and signed before the answer was lost.
+            self.releases[offer.id] = PendingRelease(offer, peer.address)
+            raise
         if isinstance(answer, wire.Error):
             raise StorageError(f"{peer.label} refused the chunk: {answer.reason}")
         if not isinstance(answer, wire.Stored):
@@ -231,6 +291,8 @@ class Placer:
         if signed.body() != offer.body():
             raise ProofError(f"{peer.label} countersigned a different contract")
         signed.check()
+        # An earlier try of the same offer (same second, same node) is this contract now.
+        self.releases.pop(offer.id, None)
         return signed
 
     async def _place(
@@ -298,7 +360,9 @@ class Placer:
             self._release_later(placements)
             raise
         except Exception as exc:
-            released = await self._release(placements)
+            released = await self._release(
+                [PendingRelease(p.contract, p.address) for p in placements]
+            )
             if placements:
                 self.events.emit(
                     "warning", "storage",
@@ -307,29 +371,46 @@ class Placer:
                 )  # fmt: skip
             raise
 
-    async def _release(self, placements: list[Placement]) -> int:
-        """Give up the contracts of ``placements`` (their nodes delete the shares); returns how
-        many nodes confirmed. A node that cannot be reached keeps its share until the term ends."""
+    async def _release(self, items: list[PendingRelease]) -> int:
+        """Give up these contracts (their nodes delete the shares); returns how many nodes
+        confirmed. The others are kept in :attr:`releases` and asked again by
+        :meth:`release_round` until they confirm or the term ends."""
+        live = {p.contract.id for pf in self.files.values() for p in pf.placements}
 
-        async def one(p: Placement) -> bool:
-            cid = p.contract.id
+        async def one(r: PendingRelease) -> bool:
+            cid = r.contract.id
             msg = wire.Release(cid, self.ident.sign(wire.release_body(cid)))
             try:
                 answer = await self.dialer.request(
-                    p.address, msg, peer_key=p.node_key, timeout=RELEASE_TIMEOUT
+                    r.address, msg, peer_key=r.contract.node_key, timeout=RELEASE_TIMEOUT
                 )
             except (StorageError, PeerUnreachable) as exc:
-                _log.info("release_failed", node=p.address, error=str(exc))
+                _log.info("release_failed", node=r.address, error=str(exc))
                 return False
             return isinstance(answer, wire.Ok)
 
-        done = await asyncio.gather(*(one(p) for p in list(placements)))
+        todo = [r for r in items if r.contract.id not in live]
+        done = await asyncio.gather(*(one(r) for r in todo))
+        now = time.time()
+        for r, ok in zip(todo, done, strict=True):
+            if ok or r.contract.end <= now:
+                self.releases.pop(r.contract.id, None)
+            else:
+                self.releases[r.contract.id] = r
+        await self._persist(self._save_releases)
         self.stats["released"] += sum(done)
         return sum(done)
 
+    async def release_round(self) -> int:
+        """Ask again the nodes that have not confirmed a release; returns how many did."""
+        if not self.releases:
+            return 0
+        return await self._release(list(self.releases.values()))
+
     def _release_later(self, placements: list[Placement]) -> None:
         if placements:
-            task = asyncio.get_running_loop().create_task(self._release(list(placements)))
+            items = [PendingRelease(p.contract, p.address) for p in placements]
+            task = asyncio.get_running_loop().create_task(self._release(items))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -363,7 +444,7 @@ class Placer:
             raise StorageError("no node accepted the file record")
         pf = PlacedFile(record, placements)
         self.files[record.id] = pf
-        await self._persist(pf)
+        await self._persist(functools.partial(self._save_file, pf))
         self.events.emit(
             "info", "storage", f"stored a file of {total} bytes as {len(placements)} chunks",
             record=record.id.hex()[:16],
@@ -562,7 +643,7 @@ class Placer:
         audited = {id(p) for p in picked}
         for pf in list(self.files.values()):
             if any(id(p) in audited for p in pf.placements):
-                await self._persist(pf)
+                await self._persist(functools.partial(self._save_file, pf))
         return results
 
     async def pay_round(self) -> int:
@@ -578,7 +659,7 @@ class Placer:
             due.append((key, ch))
         if not due:
             return 0
-        await self._persist(None)
+        await self._persist(self._save_channels)
         sent = 0
         for key, ch in due:
             v = Voucher(
@@ -596,7 +677,7 @@ class Placer:
                 ch.sent_total = max(ch.sent_total, v.total)
                 sent += 1
         self.stats["vouchers"] += sent
-        await self._persist(None)
+        await self._persist(self._save_channels)
         return sent
 
     def _needs_repair(self, p: Placement, now: float) -> bool:
@@ -628,14 +709,16 @@ class Placer:
                     _log.info("repair_failed", chunk=p.chunk.hex()[:16], error=str(exc))
                     continue
                 pf.placements[pf.placements.index(p)] = new
+                self.releases[p.contract.id] = PendingRelease(p.contract, p.address)
                 repaired += 1
                 self.events.emit(
                     "info", "storage",
                     f"repaired a lost share on {new.address[0]}:{new.address[1]}",
                     chunk=p.chunk.hex()[:16],
                 )  # fmt: skip
-            await self._persist(pf)
+            await self._persist(functools.partial(self._save_file, pf))
         self.stats["repairs"] += repaired
+        await self.release_round()
         return repaired
 
     async def _rebuild_share(self, pf: PlacedFile, p: Placement) -> bytes:
@@ -662,5 +745,6 @@ class Placer:
         return {
             "files": len(self.files),
             "placements": sum(len(pf.placements) for pf in self.files.values()),
+            "releases_pending": len(self.releases),
             **self.stats,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def placements(node: DevnetNode) -> list[dict[str, Any]]:
     """The live placements of every file ``node`` put, from its records on disk."""
     out = []
     for path in (node.data_dir / "files").glob("*.json"):
-        if path.name == "channels.json":
+        if path.name in ("channels.json", "releases.json"):
             continue
         out += [p for p in json.loads(path.read_text())["placements"] if not p["lost"]]
     return out
@@ -139,14 +140,35 @@ def test_repair_moves_shares_off_offline_and_disqualified_nodes(tmp_path: Path) 
         assert status["audit_failures"] >= 6 and status["repairs"] >= len(
             shares[bad.index] + shares[gone.index]
         )
-        for p in intact:  # moved although the disqualified node still has them
-            cid = p["chunk"]
-            assert (bad.data_dir / "chunks" / cid[:2] / cid[2:4] / cid).is_file()
         # Every share now sits under a new contract countersigned by its new node.
         for p in placements(client):
             c = Contract.decode(bytes.fromhex(p["contract"]))
             c.check()
             assert c.node_key.hex() == p["node"] and c.chunk_id.hex() == p["chunk"]
+        # The moved contracts are given up: the disqualified node, reachable, deletes its
+        # shares, intact ones included; the offline one is asked again, across a restart
+        # of the client, until it is back and confirms.
+        client_key = key_of(client)
+        wait_for("the disqualified node released", lambda: held_for(bad, client_key) == 0)
+        for p in intact:
+            cid = p["chunk"]
+            assert not (bad.data_dir / "chunks" / cid[:2] / cid[2:4] / cid).exists()
+        assert storage_status(client)["releases_pending"] >= len(shares[gone.index])
+        pending = json.loads((client.data_dir / "files" / "releases.json").read_text())
+        assert {Contract.decode(bytes.fromhex(r["contract"])).node_key.hex() for r in pending} == {
+            gone_key
+        }
+        net.kill(client, signal.SIGTERM)
+        net.start_node(client)
+        net.start_node(gone)
+        assert net.wait_peers(), "the restarted nodes did not find the others"
+        wait_for(
+            "the offline node, back, released",
+            lambda: (
+                held_for(gone, client_key) == 0 and storage_status(client)["releases_pending"] == 0
+            ),
+            timeout=120,
+        )
         net.kill(bad)
         for file_id, src in files[:4]:
             get_file(client.web, file_id, tmp_path / "out.bin", client.token)
