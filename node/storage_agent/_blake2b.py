@@ -20,13 +20,18 @@ _final = _lib.crypto_generichash_blake2b_final
 _memmove = _ffi.memmove
 
 
-def new_state() -> tuple[Any, Any]:
-    """A fresh hashing state as ``(owner, state)``; keep ``owner`` alive while it is used.
+def _state_memory() -> tuple[Any, Any]:
+    """Room for one state as ``(owner, state)``; keep ``owner`` alive while it is used.
 
     libsodium declares its state 64-byte aligned; cffi's allocations are not.
     """
     keep = _ffi.new("unsigned char[]", _STATE_BYTES + 64)
-    state = keep + (-int(_ffi.cast("uintptr_t", keep)) % 64)
+    return keep, keep + (-int(_ffi.cast("uintptr_t", keep)) % 64)
+
+
+def new_state() -> tuple[Any, Any]:
+    """A fresh hashing state as ``(owner, state)``; keep ``owner`` alive while it is used."""
+    keep, state = _state_memory()
     _lib.crypto_generichash_blake2b_init_salt_personal(state, _NULL, 0, DIGEST_LEN, _NULL, _NULL)
     return keep, state
 
@@ -75,7 +80,7 @@ def digests_of_pieces(
     buf = _ffi.from_buffer(data)
     size = len(buf)
     count = max(1, -(-size // piece))
-    _keep, state = new_state()
+    _keep, state = _state_memory()  # each piece starts from a copy of ``start``
     out = _ffi.new("unsigned char[]", DIGEST_LEN * count)
     offset = 0
     for i in range(count):
