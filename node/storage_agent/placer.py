@@ -43,11 +43,11 @@ _log = log.get_logger(__name__)
 GIB = 1 << 30
 MONTH = 30 * 86400
 RECORD_SHARE = -1
+"""Share number marking a replica of the file record itself."""
 RELEASE_TIMEOUT = 10.0
 RELEASES = "releases.json"
 CHANNELS = "channels.json"
 AUDITS_AT_ONCE = 8
-"""Share number marking a replica of the file record itself."""
 
 
 @dataclass
@@ -389,7 +389,12 @@ class Placer:
                 return False
             return isinstance(answer, wire.Ok)
 
-        todo = [r for r in items if r.contract.id not in live]
+        todo = []
+        for r in items:
+            if r.contract.id in live:
+                self.releases.pop(r.contract.id, None)  # placed again after all: kept
+            else:
+                todo.append(r)
         done = await asyncio.gather(*(one(r) for r in todo))
         now = time.time()
         for r, ok in zip(todo, done, strict=True):
@@ -445,6 +450,8 @@ class Placer:
         pf = PlacedFile(record, placements)
         self.files[record.id] = pf
         await self._persist(functools.partial(self._save_file, pf))
+        if self.releases:  # offers left without an answer on the way
+            await self._persist(self._save_releases)
         self.events.emit(
             "info", "storage", f"stored a file of {total} bytes as {len(placements)} chunks",
             record=record.id.hex()[:16],
