@@ -24,7 +24,7 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,7 @@ class Placer:
         }
     )  # fmt: skip
     _tasks: set[asyncio.Task[int]] = field(default_factory=set)
+    _releasing: asyncio.Task[int] | None = None
 
     def __post_init__(self) -> None:
         self.auditor.samples = self.settings.audit_samples
@@ -415,9 +416,19 @@ class Placer:
     def _release_later(self, placements: list[Placement]) -> None:
         if placements:
             items = [PendingRelease(p.contract, p.address) for p in placements]
-            task = asyncio.get_running_loop().create_task(self._release(items))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self._release(items))
+
+    def _start_releases(self) -> None:
+        """Run a :meth:`release_round` beside the caller (a node that does not answer holds
+        it for :data:`RELEASE_TIMEOUT`), unless one is running."""
+        if self.releases and (self._releasing is None or self._releasing.done()):
+            self._releasing = self._background(self.release_round())
+
+    def _background(self, work: Coroutine[Any, Any, int]) -> asyncio.Task[int]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _put(self, ciphertext: AsyncIterator[bytes], placements: list[Placement]) -> bytes:
         now = time.time()
@@ -718,14 +729,14 @@ class Placer:
                 pf.placements[pf.placements.index(p)] = new
                 self.releases[p.contract.id] = PendingRelease(p.contract, p.address)
                 repaired += 1
+                self.stats["repairs"] += 1  # with the swap: a record saved meanwhile agrees
                 self.events.emit(
                     "info", "storage",
                     f"repaired a lost share on {new.address[0]}:{new.address[1]}",
                     chunk=p.chunk.hex()[:16],
                 )  # fmt: skip
             await self._persist(functools.partial(self._save_file, pf))
-        self.stats["repairs"] += repaired
-        await self.release_round()
+        self._start_releases()
         return repaired
 
     async def _rebuild_share(self, pf: PlacedFile, p: Placement) -> bytes:
