@@ -105,6 +105,10 @@ class PendingRelease:
         return {"contract": self.contract.encode().hex(), "address": list(self.address)}
 
     @classmethod
+    def of(cls, p: Placement) -> PendingRelease:
+        return cls(p.contract, p.address)
+
+    @classmethod
     def from_json(cls, d: dict[str, Any]) -> PendingRelease:
         address = (str(d["address"][0]), int(d["address"][1]))
         return cls(Contract.decode(bytes.fromhex(d["contract"])), address)
@@ -361,9 +365,7 @@ class Placer:
             self._release_later(placements)
             raise
         except Exception as exc:
-            released = await self._release(
-                [PendingRelease(p.contract, p.address) for p in placements]
-            )
+            released = await self._release([PendingRelease.of(p) for p in placements])
             if placements:
                 self.events.emit(
                     "warning", "storage",
@@ -415,7 +417,7 @@ class Placer:
 
     def _release_later(self, placements: list[Placement]) -> None:
         if placements:
-            items = [PendingRelease(p.contract, p.address) for p in placements]
+            items = [PendingRelease.of(p) for p in placements]
             self._background(self._release(items))
 
     def _start_releases(self) -> None:
@@ -727,7 +729,7 @@ class Placer:
                     _log.info("repair_failed", chunk=p.chunk.hex()[:16], error=str(exc))
                     continue
                 pf.placements[pf.placements.index(p)] = new
-                self.releases[p.contract.id] = PendingRelease(p.contract, p.address)
+                self.releases[p.contract.id] = PendingRelease.of(p)
                 repaired += 1
                 self.stats["repairs"] += 1  # with the swap: a record saved meanwhile agrees
                 self.events.emit(

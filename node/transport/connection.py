@@ -1423,11 +1423,15 @@ class ConnectionCore:
 
     def _restart_pmtu(self) -> None:
         """A new path: back to the base size, and probe it afresh."""
-        self.max_datagram_size = self.config.max_datagram_size
-        self.cc.max_datagram_size = self.max_datagram_size
+        self._set_datagram_size(self.config.max_datagram_size)
         self._pmtu_probe = None
         self._pmtu_failures = 0
         self._pmtu_next = 0.0
+
+    def _set_datagram_size(self, size: int) -> None:
+        """Packets of ``size`` bytes from now on, for the sender and its congestion control."""
+        self.max_datagram_size = size
+        self.cc.max_datagram_size = size
 
     def _pmtu_acked(self, ack: wire.Ack) -> None:
         """Settle the outstanding probe if this ACK shows its fate: acknowledged (the path
@@ -1437,8 +1441,7 @@ class ConnectionCore:
         pn = self._pmtu_probe[0]
         if any(lo <= pn <= hi for lo, hi in ack.ranges):
             self._pmtu_probe = None
-            self.max_datagram_size = self.config.pmtu_probe_size
-            self.cc.max_datagram_size = self.max_datagram_size
+            self._set_datagram_size(self.config.pmtu_probe_size)
             self.counters["pmtu"] = self.max_datagram_size
         elif ack.ranges[-1][0] <= pn and ack.ranges[0][1] >= pn + K_PACKET_THRESHOLD:
             self._pmtu_lost(self._pmtu_probe[1])

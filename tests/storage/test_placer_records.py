@@ -13,20 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import state
 from node.events import EventLog
 from node.identity import Identity
 from node.storage_agent import index, wire
 from node.storage_agent.contracts import Contract
 from node.storage_agent.errors import StorageError
-from node.storage_agent.ledger import Ledger
 from node.storage_agent.network import Dialer, Peer, PeerUnreachable, TcpDialer, TcpServer
 from node.storage_agent.placer import RELEASES, PendingRelease, Placer
-from node.storage_agent.provider import Capacity, Provider
-from node.storage_agent.store import ChunkStore, chunk_id
+from node.storage_agent.store import chunk_id
+from tests.storage.test_network import NODE, provider
 
 CLIENT = Identity.generate()
-NODE = Identity.generate()
 
 
 class NoNetwork:
@@ -47,14 +44,6 @@ def placer(root: Path, dialer: Dialer | None = None, peers: tuple[Peer, ...] = (
         tmp_dir=root / "tmp",
         events=EventLog(),
     )
-
-
-def provider(root: Path) -> Provider:
-    store = ChunkStore(root / "disk", NODE.node_id_text)
-    store.initialise(expect_existing=False)
-    db = state.open_state(root / "state.db")
-    index.setup(db)
-    return Provider(NODE, store, db, Ledger(db, NODE.node_id, store.vouchers), Capacity(0))
 
 
 def contract(end: float) -> Contract:
